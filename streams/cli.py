@@ -1,0 +1,229 @@
+"""`streams`: the operator's commands (broker, worker, produce, tail, demo, models)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from .settings import Settings
+
+app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+SAMPLES = "samples.jsonl"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _port_of(bootstrap: str) -> int:
+    return int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+
+@app.command()
+def broker(port: int = typer.Option(9092, help="TCP port on 127.0.0.1")) -> None:
+    """Run the embedded tansu broker in the foreground (memory storage) until Ctrl-C."""
+    from .broker import BrokerError, EmbeddedBroker
+
+    try:
+        embedded = EmbeddedBroker(port).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+    console.print(f"tansu listening on {embedded.bootstrap} (pid {embedded.process.pid}); Ctrl-C stops it")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        embedded.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        embedded.stop()
+
+
+@app.command()
+def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) -> None:
+    """Run the enrichment worker (same as `faust -A streams.app worker`)."""
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from faust.worker import Worker
+
+    from .app import Runtime, app as faust_app, settings
+    from .engine import ModelLoadError
+    from .kafka import ensure_topics
+    from .serde.registry import SchemaError
+
+    try:
+        ensure_topics(settings)
+        faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
+    except (ModelLoadError, SchemaError) as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - broker unreachable and the like
+        _fail(f"{type(exc).__name__}: {exc}")
+    Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _read_events(file: Optional[Path]) -> list[dict]:
+    if file is None:
+        text = resources.files("streams.samples").joinpath(SAMPLES).read_text()
+    else:
+        text = file.read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@app.command()
+def produce(
+    topic: Optional[str] = typer.Option(None, help="target topic; default: each sample's own topic"),
+    file: Optional[Path] = typer.Option(None, help="JSONL file of events; default: bundled samples"),
+    fmt: str = typer.Option("json", "--format", help="json or avro (Confluent wire format)"),
+    count: int = typer.Option(0, help="send this many events, cycling the input with fresh ids"),
+) -> None:
+    """Send the bundled sample events (or a JSONL file) to the input topics."""
+    from .kafka import ensure_topics, producer
+    from .serde import SchemaCatalog
+
+    settings = Settings()
+    events = _read_events(file)
+    if not events:
+        _fail("no events to send")
+    total = count or len(events)
+    catalog = SchemaCatalog.from_settings(settings) if fmt == "avro" else None
+    ensure_topics(settings)
+    prod = producer(settings)
+    run = uuid.uuid4().hex[:6]
+    sent = 0
+    for i in range(total):
+        event = dict(events[i % len(events)])
+        target = topic or event.pop("topic", None) or settings.topics[0].input
+        event.pop("topic", None)
+        if count:
+            event["event_id"] = f"{event.get('event_id', 'evt')}-{run}-{i}"
+        if catalog is not None:
+            value = catalog.encode_input({k: v for k, v in event.items()}, target)
+        else:
+            value = json.dumps(event).encode()
+        prod.produce(target, key=str(event.get("event_id", "")).encode() or None, value=value)
+        sent += 1
+        prod.poll(0)
+    remaining = prod.flush(30)
+    if remaining:
+        _fail(f"{remaining} events were not acknowledged by the broker")
+    console.print(f"sent {sent} events ({fmt})")
+
+
+def _decoded(settings: Settings, topics: list[str], from_beginning: bool, timeout: float,
+             count: int) -> Iterator[tuple[str, dict]]:
+    from .kafka import consumer, ensure_topics
+    from .serde import SchemaCatalog
+
+    catalog = SchemaCatalog.from_settings(settings)
+    ensure_topics(settings, topics)
+    cons = consumer(settings, f"streams-tail-{uuid.uuid4().hex[:8]}", from_beginning=from_beginning)
+    cons.subscribe(topics)
+    seen = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while (not count or seen < count) and time.monotonic() < deadline:
+            msg = cons.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            yield msg.topic(), catalog.decode(msg.value(), msg.topic())
+    finally:
+        cons.close()
+
+
+def _show(topic: str, record: dict) -> None:
+    cls = record["classification"]
+    ents = ", ".join(f"{e['label']}={e['text']!r}" for e in record["entities"]) or "-"
+    console.print(f"[bold]{record['event_id']}[/] [dim]{topic}[/] "
+                  f"[cyan]{cls['label']}[/] ({cls['score']:.2f})  entities: {ents}")
+
+
+@app.command()
+def tail(
+    topic: Optional[list[str]] = typer.Option(None, help="enriched topic(s); default: all"),
+    count: int = typer.Option(0, help="stop after this many records (0: until --timeout)"),
+    from_beginning: bool = typer.Option(True, "--from-beginning/--latest"),
+    timeout: float = typer.Option(30.0, help="stop after this many seconds"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object per line"),
+) -> None:
+    """Decode and print enriched events."""
+    settings = Settings()
+    topics = topic or [r.output for r in settings.topics]
+    for t, record in _decoded(settings, topics, from_beginning, timeout, count):
+        if as_json:
+            print(json.dumps(record, default=str), flush=True)
+        else:
+            _show(t, record)
+
+
+@app.command()
+def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds")) -> None:
+    """Start the embedded broker and a worker, send the samples, print the enriched events,
+    stop everything (what `make run` does)."""
+    from .broker import BrokerError, EmbeddedBroker
+
+    settings = Settings()
+    port = _port_of(settings.kafka_bootstrap)
+    try:
+        embedded = EmbeddedBroker(port).start()
+    except BrokerError as exc:
+        _fail(str(exc))
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "streams-demo-worker.log"
+    worker_proc = None
+    try:
+        console.print(f"broker: tansu on {embedded.bootstrap} (pid {embedded.process.pid})")
+        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap}
+        with log_path.open("wb") as log:
+            worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT)
+        console.print(f"worker: pid {worker_proc.pid}, log {log_path}")
+        events = _read_events(None)
+        subprocess.run([sys.executable, "-m", "streams", "produce"], env=env, check=True)
+        wanted = {e["event_id"] for e in events}
+        seen: set[str] = set()
+        for t, record in _decoded(Settings(kafka_bootstrap=embedded.bootstrap),
+                                  [r.output for r in settings.topics], True, timeout, len(wanted)):
+            seen.add(record["event_id"])
+            _show(t, record)
+            if worker_proc.poll() is not None:
+                break
+        if seen != wanted:
+            _fail(f"only {len(seen)}/{len(wanted)} events came back; worker log: {log_path}", 1)
+        console.print(f"[green]all {len(wanted)} sample events enriched[/]")
+    finally:
+        if worker_proc and worker_proc.poll() is None:
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+        embedded.stop()
+        console.print("stopped worker and broker")
+
+
+@app.command()
+def models() -> None:
+    """Prepare (convert once) and check the configured models, then print what was loaded."""
+    from .engine import Engine, ModelLoadError
+
+    settings = Settings()
+    try:
+        engine = Engine.load(settings.ner_model, settings.classifier_model,
+                             cache_dir=settings.model_cache, device=settings.device)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    for m in engine.models:
+        console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")

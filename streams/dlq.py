@@ -1,0 +1,39 @@
+"""Dead-letter records: the original key, value and headers, plus provenance headers in the
+style of Kafka's KIP-1034, so an operator can see why and where from without the worker logs."""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from datetime import datetime, timezone
+
+PREFIX = "__streams.errors."
+
+
+def stack_digest(exc: BaseException | None) -> str:
+    """Short stable id of where an exception came from (frames, not message)."""
+    if exc is None:
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = "|".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.name}:{f.lineno}" for f in frames[-5:])
+    return hashlib.sha1(f"{type(exc).__name__}|{where}".encode()).hexdigest()[:12]
+
+
+def dlq_headers(*, original_headers, reason: str, message: str, error_class: str, topic: str,
+                partition: int, offset: int, timestamp_ms: int | None, worker_id: str,
+                exc: BaseException | None = None) -> list[tuple[str, bytes]]:
+    headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in (original_headers or [])
+               if not k.startswith(PREFIX)]
+    provenance = {
+        "reason": reason,
+        "exception.class.name": error_class,
+        "exception.message": message[:2000],
+        "exception.stacktrace.digest": stack_digest(exc),
+        "topic": topic,
+        "partition": str(partition),
+        "offset": str(offset),
+        "timestamp": "" if timestamp_ms is None else str(timestamp_ms),
+        "worker.id": worker_id,
+        "failed.at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+    }
+    return headers + [(PREFIX + k, v.encode()) for k, v in provenance.items()]

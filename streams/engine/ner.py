@@ -1,0 +1,108 @@
+"""Entity extraction with any transformers token-classification model.
+
+The forward passes are ours (batched, length-sorted, windowed); turning per-token scores into
+entities reuses the transformers pipeline's own "first" aggregation, so our spans equal what
+the model's pipeline would give for the same text."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
+from transformers.pipelines.token_classification import AggregationStrategy
+
+from .batching import Window, length_batches, pad, tokenize_windows
+from .types import Entity
+
+# Labels whose pieces are merged only when they touch (no whitespace between): two emails
+# separated by a space are two emails; "New York" or "555 0132" are one entity. An email's
+# "@" is sometimes tagged O between two EMAIL pieces: that gap is bridged too.
+_TOUCH_ONLY = {"EMAIL", "URL"}
+
+
+def merge_adjacent(text: str, entities: list[Entity]) -> list[Entity]:
+    """Merge neighbouring pieces of the same label (Rampart tags each sub-word B-, so an email
+    arrives as 'maria.', 'gonzalez@', 'example', '.', 'com'). Score: mean of the pieces."""
+    merged: list[Entity] = []
+    counts: list[int] = []
+    for ent in entities:
+        if merged and merged[-1].label == ent.label and ent.start >= merged[-1].end:
+            gap = text[merged[-1].end : ent.start]
+            if (gap == "" or (gap == "@" and ent.label == "EMAIL")
+                    or (gap.isspace() and len(gap) <= 1 and ent.label not in _TOUCH_ONLY)):
+                prev, n = merged[-1], counts[-1]
+                merged[-1] = Entity(prev.label, text[prev.start : ent.end], prev.start, ent.end,
+                                    (prev.score * n + ent.score) / (n + 1))
+                counts[-1] = n + 1
+                continue
+        merged.append(ent)
+        counts.append(1)
+    return merged
+
+
+class EntityExtractor:
+    task = "entities"
+
+    def __init__(self, model_dir, device: torch.device, dtype: torch.dtype, *, max_batch: int = 32,
+                 max_tokens: int = 8192, stride: int = 64):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForTokenClassification.from_pretrained(model_dir, dtype=dtype)
+        self.model.to(device).eval()
+        self.device = device
+        self.max_length = _max_length(self.tokenizer, self.model.config)
+        self.stride = min(stride, self.max_length // 4)
+        self.max_batch = max_batch
+        self.max_tokens = max_tokens
+        # Only its aggregation helpers are used; it never runs a forward pass.
+        self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer,
+                                                     device=device)
+
+    @torch.inference_mode()
+    def extract(self, texts: Sequence[str]) -> list[list[Entity]]:
+        windows = tokenize_windows(self.tokenizer, texts, self.max_length, self.stride)
+        # Per text: token span -> (distance from its window's edge, pre-entity). Overlapping
+        # windows see the same token twice; keep the copy with the most context around it.
+        gathered: list[dict[tuple[int, int], tuple[int, dict]]] = [{} for _ in texts]
+        for batch in length_batches(windows, self.max_batch, self.max_tokens):
+            chunk = [windows[i] for i in batch]
+            logits = self.model(**pad(chunk, self.tokenizer.pad_token_id or 0, self.device)).logits
+            logits = logits.float().cpu().numpy()
+            for window, window_logits in zip(chunk, logits):
+                self._gather(texts[window.text_index], window, window_logits,
+                             gathered[window.text_index])
+        return [self._aggregate(text, found) for text, found in zip(texts, gathered)]
+
+    def _gather(self, text: str, window: Window, logits: np.ndarray, found: dict) -> None:
+        n = len(window.input_ids)
+        shifted = np.exp(logits[:n] - logits[:n].max(axis=-1, keepdims=True))
+        scores = shifted / shifted.sum(axis=-1, keepdims=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pre = self._pipeline.gather_pre_entities(
+                text, np.asarray(window.input_ids), scores, window.offsets,
+                np.asarray(window.special_mask), AggregationStrategy.FIRST)
+        for p in pre:
+            context = min(p["index"], n - 1 - p["index"])
+            key = (p["start"], p["end"])
+            if key not in found or found[key][0] < context:
+                found[key] = (context, p)
+
+    def _aggregate(self, text: str, found: dict) -> list[Entity]:
+        pre = [p for _, p in sorted(found.values(), key=lambda cp: (cp[1]["start"], cp[1]["end"]))]
+        if not pre:
+            return []
+        grouped = self._pipeline.aggregate(pre, AggregationStrategy.FIRST)
+        entities = [Entity(g["entity_group"], text[g["start"] : g["end"]], int(g["start"]),
+                           int(g["end"]), float(g["score"]))
+                    for g in grouped if g["entity_group"] != "O"]
+        return merge_adjacent(text, entities)
+
+
+def _max_length(tokenizer, config) -> int:
+    limits = [getattr(config, "max_position_embeddings", 512)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 100_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)

@@ -1,0 +1,49 @@
+"""Plain result types of the engine: no torch, no Kafka, no Avro."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    label: str
+    text: str
+    start: int  # character offset into the original text
+    end: int  # exclusive
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    label: str
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)  # every label, best first
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    entities: list[Entity]
+    classification: Classification
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    task: str  # "entities" or "classification"
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSet:
+    """Zero-shot labels for one input topic: label -> description the text is compared to."""
+
+    descriptions: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, str]) -> "LabelSet":
+        return cls(tuple(mapping.items()))
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _ in self.descriptions]

@@ -1,0 +1,101 @@
+"""Schemas from `schemas/`, registered or looked up in a Confluent schema registry under the
+`<topic>-value` subjects, and the serializers bound to them.
+
+`mock://` registries live inside one process and number schemas in registration order, so
+every process registers the same subjects in the same order (the settings' order): a worker,
+`streams produce` and `streams tail` then agree on ids without a registry server."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+
+class SchemaError(RuntimeError):
+    pass
+
+
+def load_schema(schema_dir: Path, name: str) -> Schema:
+    path = schema_dir / f"{name}.avsc"
+    try:
+        text = path.read_text()
+        json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"cannot read Avro schema {path}: {exc}") from exc
+    return Schema(text, "AVRO")
+
+
+def subject(topic: str) -> str:
+    """Confluent's TopicNameStrategy."""
+    return f"{topic}-value"
+
+
+class SchemaCatalog:
+    def __init__(self, registry_url: str, schema_dir: Path, input_topics: list[str],
+                 output_topics: list[str], *, auto_register: bool = True, basic_auth: str | None = None):
+        conf = {"url": registry_url}
+        if basic_auth:
+            conf["basic.auth.user.info"] = basic_auth
+        self.client = SchemaRegistryClient.new_client(conf)
+        self.input_schema = load_schema(schema_dir, "InputEvent")
+        self.enriched_schema = load_schema(schema_dir, "EnrichedEvent")
+        self.input_topics = list(input_topics)
+        self.output_topics = list(output_topics)
+        self.auto_register = auto_register
+        self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings) -> "SchemaCatalog":
+        auth = settings.schema_registry_auth.get_secret_value() if settings.schema_registry_auth else None
+        return cls(settings.schema_registry_url, settings.schema_dir,
+                   [r.input for r in settings.topics], [r.output for r in settings.topics],
+                   auto_register=settings.schema_auto_register, basic_auth=auth)
+
+    def ensure_registered(self) -> None:
+        """Register (dev) or look up (production) every subject now, so a registry problem
+        stops the worker at start-up rather than at the first event."""
+        if self._ready:
+            return
+        pairs = [(t, self.input_schema) for t in self.input_topics] + \
+                [(t, self.enriched_schema) for t in self.output_topics]
+        for topic, schema in pairs:
+            try:
+                if self.auto_register:
+                    self.client.register_schema(subject(topic), schema)
+                else:
+                    self.client.lookup_schema(subject(topic), schema)
+            except Exception as exc:
+                raise SchemaError(f"schema registry: subject {subject(topic)}: {exc}") from exc
+        self._ready = True
+
+    def _serializer(self, schema: Schema) -> AvroSerializer:
+        self.ensure_registered()
+        # Registered above; the serializer only looks the id up (same Schema object).
+        return AvroSerializer(self.client, schema, conf={"auto.register.schemas": False})
+
+    @cached_property
+    def enriched_serializer(self) -> AvroSerializer:
+        return self._serializer(self.enriched_schema)
+
+    @cached_property
+    def input_serializer(self) -> AvroSerializer:
+        return self._serializer(self.input_schema)
+
+    @cached_property
+    def deserializer(self) -> AvroDeserializer:
+        self.ensure_registered()
+        return AvroDeserializer(self.client)
+
+    def encode_enriched(self, record: dict, topic: str) -> bytes:
+        return self.enriched_serializer(record, SerializationContext(topic, MessageField.VALUE))
+
+    def encode_input(self, record: dict, topic: str) -> bytes:
+        return self.input_serializer(record, SerializationContext(topic, MessageField.VALUE))
+
+    def decode(self, value: bytes, topic: str) -> dict:
+        return self.deserializer(value, SerializationContext(topic, MessageField.VALUE))

@@ -1,0 +1,129 @@
+"""All configuration in one typed object, read from `STREAMS_*` environment variables.
+
+Defaults run against the embedded broker on 127.0.0.1:9092; production sets
+`STREAMS_KAFKA_BOOTSTRAP` (and security) to any Kafka cluster. Nested values take JSON, e.g.
+`STREAMS_TOPICS='[{"input": "tickets", "labels": {"billing": "a question about a charge"}}]'`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+SUPPORT_TICKET_LABELS = {
+    "billing": "a question or complaint about a charge, an invoice, a payment, a refund of a "
+               "double charge, or being billed the wrong amount",
+    "delivery": "a late, missing, lost or delayed delivery, a parcel that has not arrived, "
+                "shipping or tracking status",
+    "damaged or wrong item": "the item arrived broken, damaged, defective, or a wrong item, "
+                             "size or colour was sent",
+    "returns and refunds": "the customer wants to return an item, send it back, exchange it, "
+                           "or get their money back for a product",
+    "account access": "cannot log in, forgot password, locked account, two-factor code, "
+                      "or wants to change the account email",
+    "product question": "a question about a product's features, size, compatibility, "
+                        "materials or availability before buying",
+    "praise": "the customer is happy, thanks the team, compliments the service or product",
+}
+
+ORDER_NOTE_LABELS = {
+    "delivery instructions": "where or when to leave the parcel: leave at the door, with a "
+                             "neighbour, ring the bell, gate code, delivery time window",
+    "gift": "the order is a gift: gift wrap, a gift message or card, hide the price, birthday",
+    "address change": "the shipping address must change: new address, moved house, wrong "
+                      "address on the order",
+    "special handling": "fragile, handle with care, keep upright, keep cold, pack separately "
+                        "or needs special packaging",
+    "other": "a general remark about the order that is not about delivery, gifts, address or "
+             "handling",
+}
+
+
+class TopicRoute(BaseModel):
+    """One input topic, where its enriched and dead-lettered records go, and its labels."""
+
+    input: str
+    output: str | None = None  # default: "<input>.enriched"
+    dlq: str | None = None  # default: "<input>.dlq"
+    labels: dict[str, str] = Field(default_factory=dict)  # zero-shot label -> description
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "TopicRoute":
+        self.output = self.output or f"{self.input}.enriched"
+        self.dlq = self.dlq or f"{self.input}.dlq"
+        return self
+
+
+def default_routes() -> list[TopicRoute]:
+    return [TopicRoute(input="orders.notes", labels=ORDER_NOTE_LABELS),
+            TopicRoute(input="support.tickets", labels=SUPPORT_TICKET_LABELS)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMS_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    app_id: str = Field("streams-enricher", description="Faust app id; also the consumer group")
+    worker_id: str = Field("", description="names this worker in DLQ headers; default host:pid")
+
+    # Kafka connection and security (SASL PLAIN/SCRAM and SSL reach every client).
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_session_timeout_s: float = Field(10.0, description="group session timeout; a join waits about half of it")
+    topic_partitions: int = Field(4, description="partitions when the service creates its topics")
+
+    topics: list[TopicRoute] = Field(default_factory=default_routes)
+
+    # Micro-batching: a batch closes at max_batch events or max_wait_s seconds, whichever first.
+    max_batch: int = Field(32, ge=1)
+    max_wait_s: float = Field(0.2, gt=0)
+    max_tokens_per_pass: int = Field(8192, ge=64, description="cap on padded tokens per forward pass")
+
+    # Models: a built-in name or a local transformers directory.
+    ner_model: str = "rampart"
+    classifier_model: str = "all-minilm-l6-v2"
+    model_version: str | None = Field(None, description="overrides the version written to output")
+    model_cache: Path = Path.home() / ".cache" / "streams" / "models"
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+    # Avro output through a Confluent schema registry; mock:// lives inside one process.
+    schema_registry_url: str = "mock://streams"
+    schema_registry_auth: SecretStr | None = Field(None, description="user:password for basic auth")
+    schema_auto_register: bool = True
+    schema_dir: Path = REPO_ROOT / "schemas"
+
+    max_text_bytes: int = Field(100_000, description="larger input values go to the DLQ")
+
+    @cached_property
+    def routes(self) -> dict[str, TopicRoute]:
+        return {r.input: r for r in self.topics}
+
+    def route(self, topic: str) -> TopicRoute:
+        return self.routes[topic]
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """Connection settings for confluent-kafka (producer, consumer, admin)."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap,
+                "security.protocol": self.kafka_security_protocol.lower()}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        for key, path in (("ssl.ca.location", self.kafka_ssl_cafile),
+                          ("ssl.certificate.location", self.kafka_ssl_certfile),
+                          ("ssl.key.location", self.kafka_ssl_keyfile)):
+            if path:
+                conf[key] = str(path)
+        return conf
