@@ -1,0 +1,43 @@
+"""One typed settings object from STREAMS_* variables; security reaches both Kafka clients."""
+
+import json
+
+from streams.app import faust_credentials
+from streams.settings import Settings
+
+
+def test_defaults_target_the_embedded_broker(monkeypatch):
+    for var in ("STREAMS_KAFKA_BOOTSTRAP", "STREAMS_TOPICS"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings()
+    assert s.kafka_bootstrap == "127.0.0.1:9092"
+    assert [(r.input, r.output, r.dlq) for r in s.topics] == [
+        ("orders.notes", "orders.notes.enriched", "orders.notes.dlq"),
+        ("support.tickets", "support.tickets.enriched", "support.tickets.dlq")]
+    assert "billing" in s.route("support.tickets").labels
+    assert "gift" in s.route("orders.notes").labels
+
+
+def test_topics_and_labels_from_environment(monkeypatch):
+    monkeypatch.setenv("STREAMS_TOPICS", json.dumps(
+        [{"input": "crm.emails", "output": "crm.tagged", "labels": {"sales": "wants to buy"}}]))
+    monkeypatch.setenv("STREAMS_MAX_BATCH", "64")
+    s = Settings()
+    route = s.route("crm.emails")
+    assert (route.output, route.dlq, route.labels) == ("crm.tagged", "crm.emails.dlq", {"sales": "wants to buy"})
+    assert s.max_batch == 64
+
+
+def test_sasl_settings_reach_both_clients_and_secrets_stay_hidden(monkeypatch):
+    monkeypatch.setenv("STREAMS_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("STREAMS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("STREAMS_KAFKA_SASL_USERNAME", "enricher")
+    monkeypatch.setenv("STREAMS_KAFKA_SASL_PASSWORD", "s3cret-pw")
+    s = Settings()
+    conf = s.librdkafka_config()
+    assert conf["security.protocol"] == "sasl_plaintext"
+    assert (conf["sasl.mechanism"], conf["sasl.username"], conf["sasl.password"]) == (
+        "SCRAM-SHA-512", "enricher", "s3cret-pw")
+    creds = faust_credentials(s)
+    assert (creds.username, creds.password, creds.mechanism.value) == ("enricher", "s3cret-pw", "SCRAM-SHA-512")
+    assert "s3cret-pw" not in repr(s) and "s3cret-pw" not in str(s.model_dump())
