@@ -76,7 +76,8 @@ def decode_input(value: bytes | None, topic: str, catalog, max_bytes: int) -> In
             return DecodeError(reason, f"Avro (schema id {schema_id}): {type(exc).__name__}: {text}")
         return _validate(payload, "Avro")
     try:
-        payload = json.loads(value)
+        # Decode explicitly: json.loads on bytes would guess UTF-16/32 and accept them.
+        payload = json.loads(value.decode("utf-8"))
     except UnicodeDecodeError as exc:
         return DecodeError("invalid_utf8", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
     except ValueError as exc:
