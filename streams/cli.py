@@ -227,3 +227,40 @@ def models() -> None:
         _fail(str(exc))
     for m in engine.models:
         console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
+
+
+@app.command()
+def bench(
+    texts: int = typer.Option(256, help="texts for the engine/naive/reference runs"),
+    events: int = typer.Option(512, help="events for the end-to-end run"),
+    ceiling_events: int = typer.Option(20000, help="events for the no-op stream-ceiling run"),
+    out: Path = typer.Option(Path("bench/results.json"), help="where the figures are written"),
+    bounds: Path = typer.Option(Path("bench/bounds.json"), help="ratio bounds for --check"),
+    check: bool = typer.Option(False, "--check", help="exit 1 when a ratio is below its bound"),
+) -> None:
+    """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
+    from rich.table import Table
+
+    from . import bench as b
+
+    r = b.run(texts, events, ceiling_events, out)
+    table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
+    for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
+    table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
+    table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
+    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op)")):
+        s = r[key]
+        table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
+                      f"{s['worker_peak_rss_mb']:.0f}")
+    console.print(table)
+    for name, value in r["ratios"].items():
+        console.print(f"{name}: {value:.2f}")
+    console.print(f"written to {out}")
+    if check:
+        failures = b.check(r, json.loads(bounds.read_text()))
+        for f in failures:
+            console.print(f"[red]below bound:[/] {f}")
+        if failures:
+            raise typer.Exit(1)

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     max_tokens_per_pass: int = Field(8192, ge=64, description="cap on padded tokens per forward pass")
 
     # Models: a built-in name or a local transformers directory.
+    engine: Literal["models", "noop"] = Field("models", description="noop: no models, for measuring the stream alone")
     ner_model: str = "rampart"
     classifier_model: str = "all-minilm-l6-v2"
     model_version: str | None = Field(None, description="overrides the version written to output")

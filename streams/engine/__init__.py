@@ -13,7 +13,7 @@ from .loading import (DEFAULT_CLASSIFIER, DEFAULT_NER, ModelLoadError, architect
 from .ner import EntityExtractor
 from .types import Classification, Entity, Inference, LabelSet, ModelInfo
 
-__all__ = ["Engine", "Entity", "Classification", "Inference", "LabelSet", "ModelInfo",
+__all__ = ["Engine", "NoopEngine", "Entity", "Classification", "Inference", "LabelSet", "ModelInfo",
            "ModelLoadError", "DEFAULT_NER", "DEFAULT_CLASSIFIER"]
 
 
@@ -62,3 +62,16 @@ class Engine:
         entities = self.extractor.extract(texts)
         classes = self.classifier.classify(texts, labels)
         return [Inference(e, c) for e, c in zip(entities, classes)]
+
+
+class NoopEngine:
+    """No models: empty entities and the topic's first label. Measures what the stream alone
+    can carry (`streams bench` "stream ceiling"); never a default."""
+
+    device = "none"
+    load_seconds = 0.0
+    models = [ModelInfo("entities", "noop", "0"), ModelInfo("classification", "noop", "0")]
+
+    def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
+        label = labels.labels[0] if labels and labels.descriptions else "none"
+        return [Inference([], Classification(label, 1.0, {label: 1.0})) for _ in texts]

@@ -1,0 +1,190 @@
+"""`streams bench`: where the time goes, on one machine, same texts, same models.
+
+engine      our engine alone, batched
+naive       one synchronous pipeline call per event (batch 1): a service calling the model per request
+reference   plain transformers pipelines, batch_size=32, no bucketing: the obvious first code
+end-to-end  the worker on the embedded broker, first produce -> last enriched record read back
+ceiling     the same path with a no-op engine: the most the stream can feed a GPU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .settings import SUPPORT_TICKET_LABELS, Settings
+
+
+def sample_texts(n: int) -> list[str]:
+    rows = [json.loads(l) for l in resources.files("streams.samples").joinpath("samples.jsonl")
+            .read_text().splitlines() if l.strip()]
+    return [rows[i % len(rows)]["text"] for i in range(n)]
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def bench_engine(engine, texts, labels, batch: int) -> float:
+    engine.infer(texts[:batch], labels)  # warm-up
+    t = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        engine.infer(texts[i : i + batch], labels)
+    return _rate(len(texts), time.perf_counter() - t)
+
+
+def _pipelines(engine):
+    from transformers import pipeline
+
+    ner = pipeline("token-classification", model=engine.extractor.model,
+                   tokenizer=engine.extractor.tokenizer, aggregation_strategy="first",
+                   device=engine.device)
+    enc = engine.classifier.encoder
+    feats = pipeline("feature-extraction", model=engine.classifier.model, tokenizer=enc.tokenizer,
+                     device=engine.device, tokenize_kwargs={"truncation": True, "max_length": enc.max_length})
+    return ner, feats
+
+
+def _reference_classify(feats, texts, label_vecs, batch_size):
+    out = feats(texts, batch_size=batch_size)
+    vecs = np.stack([np.asarray(o[0]).mean(axis=0) for o in out])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return (vecs @ label_vecs.T).argmax(axis=1)
+
+
+def bench_pipelines(engine, texts, labels, batch_size: int) -> float:
+    ner, feats = _pipelines(engine)
+    label_vecs = engine.classifier.embed([d for _, d in labels.descriptions])
+    ner(texts[:2], batch_size=batch_size)
+    t = time.perf_counter()
+    if batch_size == 1:  # naive: one synchronous call per event
+        for text in texts:
+            ner(text)
+            _reference_classify(feats, [text], label_vecs, 1)
+    else:
+        ner(texts, batch_size=batch_size)
+        _reference_classify(feats, texts, label_vecs, batch_size)
+    return _rate(len(texts), time.perf_counter() - t)
+
+
+def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
+    """Worker subprocess on a fresh embedded broker; events/s and latency per event."""
+    from confluent_kafka import Producer
+
+    from .broker import EmbeddedBroker, free_port
+    from .kafka import consumer, ensure_topics
+    from .serde import SchemaCatalog
+
+    with EmbeddedBroker(free_port(), log_path=log_dir / "bench-tansu.log") as broker:
+        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
+                            "STREAMS_ENGINE": "noop" if noop else "models"}
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings)
+        catalog = SchemaCatalog.from_settings(settings)
+        topic = "support.tickets"
+        log = (log_dir / f"bench-worker-{'noop' if noop else 'models'}.log").open("wb")
+        worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
+            reader.subscribe([f"{topic}.enriched"])
+            # Warm-up: the worker has joined its group and loaded models when this comes back.
+            prod = Producer(settings.librdkafka_config() | {"linger.ms": 5, "acks": "all"})
+            prod.produce(topic, key=b"warm", value=json.dumps({"event_id": "warm", "text": "hello"}).encode())
+            prod.flush(10)
+            _read(reader, catalog, 1, 300)
+            texts = sample_texts(n)
+            start = time.time()
+            for i, text in enumerate(texts):
+                prod.produce(topic, key=f"b{i}".encode(),
+                             value=json.dumps({"event_id": f"b{i}", "text": text}).encode())
+                prod.poll(0)
+            prod.flush(60)
+            latencies = _read(reader, catalog, n, 600)
+            elapsed = time.time() - start
+            reader.close()
+            rss_kb = _peak_rss_kb(worker.pid)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            log.close()
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {"events": n, "received": len(latencies), "events_per_s": _rate(len(latencies), elapsed),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "worker_peak_rss_mb": rss_kb / 1024}
+
+
+def _read(reader, catalog, n: int, timeout: float) -> list[float]:
+    """Latency per record: now minus the input record's Kafka timestamp (its produce time)."""
+    seen: set[str] = set()
+    latencies: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < n and time.monotonic() < deadline:
+        for msg in reader.consume(1000, 0.2):
+            if msg.error():
+                continue
+            now_ms = time.time() * 1000
+            rec = catalog.decode(msg.value(), msg.topic())
+            if rec["event_id"] in seen:
+                continue
+            seen.add(rec["event_id"])
+            ts = rec["source"]["timestamp"]
+            latencies.append(now_ms - ts.timestamp() * 1000)
+    return latencies
+
+
+def _peak_rss_kb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path) -> dict:
+    from .engine import Engine, LabelSet
+
+    settings = Settings()
+    engine = Engine.load(settings.ner_model, settings.classifier_model, cache_dir=settings.model_cache,
+                         device=settings.device, max_batch=settings.max_batch,
+                         max_tokens=settings.max_tokens_per_pass)
+    labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
+    texts = sample_texts(n_engine)
+    results = {"device": str(engine.device), "texts": n_engine, "batch": settings.max_batch,
+               "cpu_count": os.cpu_count()}
+    results["engine"] = bench_engine(engine, texts, labels, settings.max_batch)
+    results["naive"] = bench_pipelines(engine, texts, labels, 1)
+    results["reference"] = bench_pipelines(engine, texts, labels, 32)
+    del engine
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["end_to_end"] = bench_stream(n_stream, noop=False, log_dir=out.parent)
+    results["stream_ceiling"] = bench_stream(n_ceiling, noop=True, log_dir=out.parent)
+    results["ratios"] = {
+        "end_to_end/engine": results["end_to_end"]["events_per_s"] / results["engine"],
+        "engine/naive": results["engine"] / results["naive"],
+        "engine/reference": results["engine"] / results["reference"],
+    }
+    results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def check(results: dict, bounds: dict) -> list[str]:
+    failures = []
+    for name, low in bounds.get("ratios", {}).items():
+        if results["ratios"][name] < low:
+            failures.append(f"{name} = {results['ratios'][name]:.2f} < {low}")
+    floor = bounds.get("stream_ceiling_events_per_s")
+    if floor and results["stream_ceiling"]["events_per_s"] < floor:
+        failures.append(f"stream ceiling {results['stream_ceiling']['events_per_s']:.0f}/s < {floor}/s")
+    return failures
