@@ -23,6 +23,8 @@ from .enrich import SourceRecord, enriched_record
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
 from .dlq import dlq_headers
+from .kafka import ensure_topics
+from .produce import AckingProducer
 
 log = logging.getLogger("streams.worker")
 
@@ -44,9 +46,18 @@ class Runtime:
         # One thread: the models are not shared between concurrent forward passes.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._producer: AckingProducer | None = None
+
+    @property
+    def producer(self) -> AckingProducer:
+        """Created on first use, inside the worker's event loop."""
+        if self._producer is None:
+            self._producer = AckingProducer(self.settings.librdkafka_config(), asyncio.get_running_loop())
+        return self._producer
 
     @classmethod
     def load(cls, settings: Settings) -> "Runtime":
+        ensure_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)
         catalog.ensure_registered()
         if settings.engine == "noop":
@@ -110,7 +121,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 5),
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
-        producer_acks=-1,  # acks=all: an output is durable before its input offset is committed
+        producer_acks=-1,  # Faust's own producer (internal topics); outputs go through AckingProducer
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
@@ -133,18 +144,16 @@ def create_app(settings: Settings) -> faust.App:
 def _add_agent(app: faust.App, route: TopicRoute) -> None:
     settings: Settings = app.conf.streams_settings
     source = app.topic(route.input, key_type=bytes, value_type=bytes)
-    output = app.topic(route.output, key_type=bytes, value_type=bytes)
-    dlq = app.topic(route.dlq, key_type=bytes, value_type=bytes)
 
     async def enrich(stream):
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
-            await process_batch(app.runtime, route, events, output, dlq)
+            await process_batch(app.runtime, route, events)
 
     # concurrency=1: faust-streaming #606 commits past in-flight events with more.
     app.agent(source, name=f"enrich-{route.input}", concurrency=1)(enrich)
 
 
-async def process_batch(runtime: Runtime, route: TopicRoute, events, output, dlq) -> None:
+async def process_batch(runtime: Runtime, route: TopicRoute, events) -> None:
     started = time.perf_counter()
     oks: list[tuple[object, InputEvent]] = []
     bad: list[tuple[object, str, str, str, BaseException | None]] = []
@@ -179,7 +188,7 @@ async def process_batch(runtime: Runtime, route: TopicRoute, events, output, dlq
             bad.append((msg, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
             continue
         key = msg.key if msg.key is not None else event.event_id.encode()
-        pending.append(await output.send(key=key, value=value, headers=_passthrough(msg.headers)))
+        pending.append(runtime.producer.send(route.output, key, value, _passthrough(msg.headers)))
     enriched = len(pending)
 
     for msg, reason, message, error_class, exc in bad:
@@ -189,7 +198,7 @@ async def process_batch(runtime: Runtime, route: TopicRoute, events, output, dlq
                               error_class=error_class, topic=msg.topic, partition=msg.partition,
                               offset=msg.offset, timestamp_ms=_timestamp_ms(msg),
                               worker_id=runtime.worker_id, exc=exc)
-        pending.append(await dlq.send(key=msg.key, value=msg.value or b"", headers=headers))
+        pending.append(runtime.producer.send(route.dlq, msg.key, msg.value or b"", headers))
 
     # The broker's acknowledgements, before take_events acks (and Faust commits) the batch.
     await asyncio.gather(*pending)

@@ -61,11 +61,9 @@ def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) ->
 
     from .app import Runtime, app as faust_app, settings
     from .engine import ModelLoadError
-    from .kafka import ensure_topics
     from .serde.registry import SchemaError
 
     try:
-        ensure_topics(settings)
         faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
     except (ModelLoadError, SchemaError) as exc:
         _fail(str(exc))
