@@ -24,7 +24,7 @@ from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
 from .dlq import dlq_headers
 from .kafka import ensure_topics
-from .produce import AckingProducer
+from .produce import AckingProducer, OutRecord
 
 log = logging.getLogger("streams.worker")
 
@@ -46,14 +46,7 @@ class Runtime:
         # One thread: the models are not shared between concurrent forward passes.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self._producer: AckingProducer | None = None
-
-    @property
-    def producer(self) -> AckingProducer:
-        """Created on first use, inside the worker's event loop."""
-        if self._producer is None:
-            self._producer = AckingProducer(self.settings.librdkafka_config(), asyncio.get_running_loop())
-        return self._producer
+        self.producer = AckingProducer(settings.librdkafka_config())
 
     @classmethod
     def load(cls, settings: Settings) -> "Runtime":
@@ -65,7 +58,7 @@ class Runtime:
         else:
             engine = Engine.load(settings.ner_model, settings.classifier_model,
                                  cache_dir=settings.model_cache, device=settings.device,
-                                 max_batch=settings.max_batch,
+                                 max_batch=settings.model_batch,
                                  max_tokens=settings.max_tokens_per_pass,
                                  model_version=settings.model_version)
         log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
@@ -188,7 +181,7 @@ async def process_batch(runtime: Runtime, route: TopicRoute, events) -> None:
             bad.append((msg, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
             continue
         key = msg.key if msg.key is not None else event.event_id.encode()
-        pending.append(runtime.producer.send(route.output, key, value, _passthrough(msg.headers)))
+        pending.append(OutRecord(route.output, key, value, _passthrough(msg.headers)))
     enriched = len(pending)
 
     for msg, reason, message, error_class, exc in bad:
@@ -198,10 +191,10 @@ async def process_batch(runtime: Runtime, route: TopicRoute, events) -> None:
                               error_class=error_class, topic=msg.topic, partition=msg.partition,
                               offset=msg.offset, timestamp_ms=_timestamp_ms(msg),
                               worker_id=runtime.worker_id, exc=exc)
-        pending.append(runtime.producer.send(route.dlq, msg.key, msg.value or b"", headers))
+        pending.append(OutRecord(route.dlq, msg.key, msg.value or b"", headers))
 
     # The broker's acknowledgements, before take_events acks (and Faust commits) the batch.
-    await asyncio.gather(*pending)
+    await runtime.producer.send_all(pending)
     log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms, total %.0f ms",
              route.input, enriched, len(bad),
              tombstones, inference_ms, (time.perf_counter() - started) * 1000)

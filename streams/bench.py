@@ -105,6 +105,7 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
             prod.flush(10)
             _read(reader, catalog, 1, 300)
             texts = sample_texts(n)
+            cpu_before = _cpu_seconds(worker.pid)
             start = time.time()
             for i, text in enumerate(texts):
                 prod.produce(topic, key=f"b{i}".encode(),
@@ -113,6 +114,7 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
             prod.flush(60)
             latencies = _read(reader, catalog, n, 600)
             elapsed = time.time() - start
+            worker_cpu = _cpu_seconds(worker.pid) - cpu_before
             reader.close()
             rss_kb = _peak_rss_kb(worker.pid)
         finally:
@@ -122,7 +124,8 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {"events": n, "received": len(latencies), "events_per_s": _rate(len(latencies), elapsed),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "worker_peak_rss_mb": rss_kb / 1024}
+            "worker_peak_rss_mb": rss_kb / 1024,
+            "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6}
 
 
 def _read(reader, catalog, n: int, timeout: float) -> list[float]:
@@ -144,6 +147,11 @@ def _read(reader, catalog, n: int, timeout: float) -> list[float]:
     return latencies
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _peak_rss_kb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -156,11 +164,11 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path) -> dict:
 
     settings = Settings()
     engine = Engine.load(settings.ner_model, settings.classifier_model, cache_dir=settings.model_cache,
-                         device=settings.device, max_batch=settings.max_batch,
+                         device=settings.device, max_batch=settings.model_batch,
                          max_tokens=settings.max_tokens_per_pass)
     labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
     texts = sample_texts(n_engine)
-    results = {"device": str(engine.device), "texts": n_engine, "batch": settings.max_batch,
+    results = {"device": str(engine.device), "texts": n_engine, "batch": settings.model_batch,
                "cpu_count": os.cpu_count()}
     results["engine"] = bench_engine(engine, texts, labels, settings.max_batch)
     results["naive"] = bench_pipelines(engine, texts, labels, 1)

@@ -1,26 +1,61 @@
-"""Produce step: a librdkafka producer (acks=all, idempotent, batched in C) whose sends the
-event loop can await until the broker has acknowledged them.
+"""Produce step: a librdkafka producer (acks=all, idempotent, batched in C) and a way for the
+event loop to await a whole batch of records until the broker has acknowledged every one.
 
-The worker waits for these acknowledgements before its input offsets may be committed; a send
-that fails is sent again rather than raised, because an exception inside the agent would let
-Faust ack the batch."""
+The worker waits for these acknowledgements before its input offsets may be committed. A
+record whose delivery fails is sent again rather than raised: an exception inside the agent
+would let Faust ack the batch. One future per batch, not per record, keeps the loop free."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, Producer
 
 log = logging.getLogger("streams.produce")
 
 
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class _BatchDelivery:
+    """Counts acknowledgements on the producer's poll thread; wakes the loop once at the end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, records: list[OutRecord]):
+        self.loop = loop
+        self.future = loop.create_future()
+        self.remaining = len(records)
+        self.failed: list[tuple[OutRecord, KafkaError]] = []
+        self.lock = threading.Lock()
+
+    def callback(self, record: OutRecord):
+        def delivered(err: KafkaError | None, _msg) -> None:
+            with self.lock:
+                if err is not None:
+                    self.failed.append((record, err))
+                self.remaining -= 1
+                done = self.remaining == 0
+            if done:
+                self.loop.call_soon_threadsafe(_resolve, self.future)
+        return delivered
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class AckingProducer:
-    def __init__(self, config: dict, loop: asyncio.AbstractEventLoop):
+    def __init__(self, config: dict):
         self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
                                             "linger.ms": 5})
-        self._loop = loop
         self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
         self._poller.start()
@@ -29,41 +64,31 @@ class AckingProducer:
         while not self._stopping.is_set():
             self._producer.poll(0.1)  # runs delivery callbacks
 
-    def _send_once(self, topic: str, key, value, headers) -> asyncio.Future:
-        fut = self._loop.create_future()
-
-        def delivered(err: KafkaError | None, _msg) -> None:
-            self._loop.call_soon_threadsafe(_settle, fut, err)
-
+    def _produce(self, record: OutRecord, on_delivery) -> None:
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
-                return fut
-            except BufferError:  # local queue full: wait for deliveries (backpressure)
+                self._producer.produce(record.topic, key=record.key, value=record.value,
+                                       headers=record.headers, on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: let deliveries drain (backpressure)
                 self._producer.poll(0.05)
 
-    async def send(self, topic: str, key, value, headers=None) -> None:
-        """Returns once the broker has acknowledged the record (retrying failed deliveries)."""
+    async def send_all(self, records: list[OutRecord]) -> None:
+        """Returns once the broker has acknowledged every record, re-sending failed ones."""
         attempt = 0
-        while True:
-            try:
-                await self._send_once(topic, key, value, headers)
-                return
-            except KafkaException as exc:
+        while records:
+            batch = _BatchDelivery(asyncio.get_running_loop(), records)
+            for record in records:
+                self._produce(record, batch.callback(record))
+            await batch.future
+            records = [record for record, _ in batch.failed]
+            if records:
                 attempt += 1
-                log.warning("delivery to %s failed (attempt %d), retrying: %s", topic, attempt, exc)
+                log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
+                            attempt, batch.failed[0][1])
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
 
     def close(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout)
         self._stopping.set()
         self._poller.join(timeout)
-
-
-def _settle(fut: asyncio.Future, err: KafkaError | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(KafkaException(err))

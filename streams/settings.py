@@ -87,7 +87,10 @@ class Settings(BaseSettings):
     topics: list[TopicRoute] = Field(default_factory=default_routes)
 
     # Micro-batching: a batch closes at max_batch events or max_wait_s seconds, whichever first.
-    max_batch: int = Field(32, ge=1)
+    # Inside it the engine sorts texts by length and runs forward passes of model_batch texts,
+    # so a large micro-batch costs one produce round trip, not one per forward pass.
+    max_batch: int = Field(256, ge=1, description="events per micro-batch (stream.take_events)")
+    model_batch: int = Field(32, ge=1, description="texts per forward pass")
     max_wait_s: float = Field(0.2, gt=0)
     max_tokens_per_pass: int = Field(8192, ge=64, description="cap on padded tokens per forward pass")
 
