@@ -1,8 +1,9 @@
 """Entity extraction with any transformers token-classification model.
 
 The forward passes are ours (batched, length-sorted, windowed); turning per-token scores into
-entities reuses the transformers pipeline's own "first" aggregation, so our spans equal what
-the model's pipeline would give for the same text."""
+entities reuses the transformers pipeline's own "first" aggregation and its resolution of
+overlapping windows, so our spans equal what the model's pipeline gives for the same text
+(tests/engine/test_equivalence.py)."""
 
 from __future__ import annotations
 
@@ -63,19 +64,21 @@ class EntityExtractor:
     @torch.inference_mode()
     def extract(self, texts: Sequence[str]) -> list[list[Entity]]:
         windows = tokenize_windows(self.tokenizer, texts, self.max_length, self.stride)
-        # Per text: token span -> (distance from its window's edge, pre-entity). Overlapping
-        # windows see the same token twice; keep the copy with the most context around it.
-        gathered: list[dict[tuple[int, int], tuple[int, dict]]] = [{} for _ in texts]
+        per_window: list[list[dict]] = [[] for _ in windows]
         for batch in length_batches(windows, self.max_batch, self.max_tokens):
             chunk = [windows[i] for i in batch]
             logits = self.model(**pad(chunk, self.tokenizer.pad_token_id or 0, self.device)).logits
             logits = logits.float().cpu().numpy()
-            for window, window_logits in zip(chunk, logits):
-                self._gather(texts[window.text_index], window, window_logits,
-                             gathered[window.text_index])
-        return [self._aggregate(text, found) for text, found in zip(texts, gathered)]
+            for i, window_logits in zip(batch, logits):
+                per_window[i] = self._window_entities(texts[windows[i].text_index], windows[i], window_logits)
+        # Windows come back in length order; regroup them per text, in text order.
+        per_text: list[list[list[dict]]] = [[] for _ in texts]
+        for window, found in zip(windows, per_window):
+            per_text[window.text_index].append(found)
+        return [self._combine(text, parts) for text, parts in zip(texts, per_text)]
 
-    def _gather(self, text: str, window: Window, logits: np.ndarray, found: dict) -> None:
+    def _window_entities(self, text: str, window: Window, logits: np.ndarray) -> list[dict]:
+        """The pipeline's own postprocessing for one window: softmax, pre-entities, "first"."""
         n = len(window.input_ids)
         shifted = np.exp(logits[:n] - logits[:n].max(axis=-1, keepdims=True))
         scores = shifted / shifted.sum(axis=-1, keepdims=True)
@@ -84,20 +87,16 @@ class EntityExtractor:
             pre = self._pipeline.gather_pre_entities(
                 text, np.asarray(window.input_ids), scores, window.offsets,
                 np.asarray(window.special_mask), AggregationStrategy.FIRST)
-        for p in pre:
-            context = min(p["index"], n - 1 - p["index"])
-            key = (p["start"], p["end"])
-            if key not in found or found[key][0] < context:
-                found[key] = (context, p)
+        grouped = self._pipeline.aggregate(pre, AggregationStrategy.FIRST) if pre else []
+        return [g for g in grouped if g["entity_group"] != "O"]
 
-    def _aggregate(self, text: str, found: dict) -> list[Entity]:
-        pre = [p for _, p in sorted(found.values(), key=lambda cp: (cp[1]["start"], cp[1]["end"]))]
-        if not pre:
-            return []
-        grouped = self._pipeline.aggregate(pre, AggregationStrategy.FIRST)
+    def _combine(self, text: str, parts: list[list[dict]]) -> list[Entity]:
+        """Overlapping windows resolved as the pipeline does (longest, then highest score)."""
+        found = [g for part in parts for g in part]
+        if len(parts) > 1:
+            found = self._pipeline.aggregate_overlapping_entities(found)
         entities = [Entity(g["entity_group"], text[g["start"] : g["end"]], int(g["start"]),
-                           int(g["end"]), float(g["score"]))
-                    for g in grouped if g["entity_group"] != "O"]
+                           int(g["end"]), float(g["score"])) for g in found]
         return merge_adjacent(text, entities)
 
 
