@@ -113,11 +113,16 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 5),
         broker_commit_interval=1.0,
+        # Commit after every batch's worth of acks too: a crash then re-delivers at most the
+        # events in flight, not a commit interval's worth.
+        broker_commit_every=settings.max_batch,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,  # Faust's own producer (internal topics); outputs go through AckingProducer
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
+        stream_buffer_maxsize=settings.max_in_flight,  # backpressure: fetching pauses beyond it
+        broker_max_poll_interval=settings.max_poll_interval_s,
         web_enabled=False,
         datadir=str(settings.model_cache.parent / "faust-data"),
     )
@@ -140,10 +145,31 @@ def _add_agent(app: faust.App, route: TopicRoute) -> None:
 
     async def enrich(stream):
         async for events in stream.take_events(settings.max_batch, within=settings.max_wait_s):
-            await process_batch(app.runtime, route, events)
+            await _finish_or_exit(process_batch(app.runtime, route, events), settings.shutdown_grace_s)
 
     # concurrency=1: faust-streaming #606 commits past in-flight events with more.
     app.agent(source, name=f"enrich-{route.input}", concurrency=1)(enrich)
+
+
+async def _finish_or_exit(batch, grace_s: float) -> None:
+    """take_events acks a batch when the agent body returns *or raises*, and Faust then commits
+    it. So the body must never leave early: on shutdown (cancellation) it finishes the batch
+    within the grace period; if it cannot, or on an unexpected error, the process exits
+    without acking, and the batch is re-delivered after restart (at-least-once)."""
+    work = asyncio.ensure_future(batch)
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        log.info("shutting down: finishing the batch in flight (grace %.0fs)", grace_s)
+        try:
+            await asyncio.wait_for(asyncio.shield(work), grace_s)
+        except BaseException:  # noqa: BLE001 - timeout, second cancel, or the batch failed
+            log.error("batch in flight did not finish within %.0fs; exiting without committing it", grace_s)
+            os._exit(70)
+        raise
+    except Exception:  # noqa: BLE001
+        log.exception("unexpected error in a batch; exiting without committing it")
+        os._exit(70)
 
 
 async def process_batch(runtime: Runtime, route: TopicRoute, events) -> None:

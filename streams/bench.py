@@ -128,6 +128,69 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
             "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6}
 
 
+def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float = 60.0) -> dict:
+    """The worker under a steady load for `duration` seconds; its RSS sampled every 2 s.
+    Growth is measured from the end of warm-up (models loaded, allocator settled)."""
+    from confluent_kafka import Producer
+
+    from .broker import EmbeddedBroker, free_port
+    from .kafka import consumer, ensure_topics
+    from .serde import SchemaCatalog
+
+    with EmbeddedBroker(free_port(), log_path=log_dir / "bench-tansu.log") as broker:
+        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6"}
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings)
+        catalog = SchemaCatalog.from_settings(settings)
+        log = (log_dir / "bench-worker-sustained.log").open("wb")
+        worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        samples: list[tuple[float, float]] = []
+        sent = 0
+        try:
+            reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
+            reader.subscribe(["support.tickets.enriched"])
+            prod = Producer(settings.librdkafka_config() | {"linger.ms": 5})
+            prod.produce("support.tickets", value=json.dumps({"event_id": "warm", "text": "hi"}).encode())
+            prod.flush(10)
+            _read(reader, catalog, 1, 300)
+            texts = sample_texts(24)
+            start = time.monotonic()
+            next_sample = start
+            received = 0
+            while (now := time.monotonic()) - start < duration:
+                due = int((now - start) * rate)
+                while sent < due:
+                    prod.produce("support.tickets", value=json.dumps(
+                        {"event_id": f"s{sent}", "text": texts[sent % len(texts)]}).encode())
+                    sent += 1
+                prod.poll(0)
+                received += len([m for m in reader.consume(500, 0.1) if not m.error()])
+                if now >= next_sample:
+                    samples.append((now - start, _rss_kb(worker.pid) / 1024))
+                    next_sample += 2.0
+            reader.close()
+        finally:
+            worker.terminate()
+            worker.wait(60)
+            log.close()
+    after_warmup = [rss for t, rss in samples if t >= warmup] or [samples[-1][1]]
+    return {"duration_s": duration, "rate": rate, "sent": sent, "received": received,
+            "rss_after_warmup_mb": after_warmup[0], "rss_end_mb": after_warmup[-1],
+            "rss_max_mb": max(after_warmup),
+            "rss_growth_pct": (after_warmup[-1] - after_warmup[0]) / after_warmup[0] * 100,
+            "rss_samples": samples}
+
+
+def _rss_kb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1])
+    return float("nan")
+
+
 def _read(reader, catalog, n: int, timeout: float) -> list[float]:
     """Latency per record: now minus the input record's Kafka timestamp (its produce time)."""
     seen: set[str] = set()

@@ -235,11 +235,25 @@ def bench(
     out: Path = typer.Option(Path("bench/results.json"), help="where the figures are written"),
     bounds: Path = typer.Option(Path("bench/bounds.json"), help="ratio bounds for --check"),
     check: bool = typer.Option(False, "--check", help="exit 1 when a ratio is below its bound"),
+    duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
+                                           "reporting worker RSS growth after warm-up"),
+    rate: float = typer.Option(30.0, help="events/s offered during --duration"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     from rich.table import Table
 
     from . import bench as b
+
+    if duration:
+        r = b.bench_sustained(duration, rate, out.parent, warmup=min(60.0, duration / 5))
+        out.with_name("sustained.json").write_text(json.dumps(r, indent=2))
+        console.print(f"sustained {duration:.0f}s at {rate:.0f} events/s: sent {r['sent']}, "
+                      f"received {r['received']}; worker RSS {r['rss_after_warmup_mb']:.0f} MB after "
+                      f"warm-up -> {r['rss_end_mb']:.0f} MB at the end (max {r['rss_max_mb']:.0f} MB), "
+                      f"growth {r['rss_growth_pct']:+.1f} %")
+        if check and r["rss_growth_pct"] >= 5:
+            raise typer.Exit(1)
+        return
 
     r = b.run(texts, events, ceiling_events, out)
     table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")

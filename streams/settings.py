@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(256, ge=1, description="events per micro-batch (stream.take_events)")
     model_batch: int = Field(32, ge=1, description="texts per forward pass")
     max_wait_s: float = Field(0.2, gt=0)
+    max_in_flight: int = Field(1024, ge=1, description="events buffered per stream ahead of the batch in progress")
+    max_poll_interval_s: float = Field(300.0, description="above the slowest batch + produce, or the group rebalances")
+    shutdown_grace_s: float = Field(25.0, description="on SIGTERM, time to finish the batch in flight; "
+                                                      "keep below the pod's terminationGracePeriodSeconds")
     max_tokens_per_pass: int = Field(8192, ge=64, description="cap on padded tokens per forward pass")
 
     # Models: a built-in name or a local transformers directory.
