@@ -23,6 +23,7 @@ from .enrich import SourceRecord, enriched_record
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
 from .dlq import dlq_headers
+from .health import add_health_pages
 from .kafka import ensure_topics
 from .produce import AckingProducer, OutRecord
 
@@ -123,7 +124,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         stream_buffer_maxsize=settings.max_in_flight,  # backpressure: fetching pauses beyond it
         broker_max_poll_interval=settings.max_poll_interval_s,
-        web_enabled=False,
+        web_enabled=settings.health_port > 0,
+        web_port=settings.health_port or 8080,
+        web_bind=settings.health_bind,
         datadir=str(settings.model_cache.parent / "faust-data"),
     )
     app.conf.streams_settings = settings  # for tests and the CLI
@@ -136,6 +139,7 @@ def create_app(settings: Settings) -> faust.App:
 
     for route in settings.topics:
         _add_agent(app, route)
+    add_health_pages(app)
     return app
 
 

@@ -88,6 +88,7 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
                             "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
                             "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
+                            "STREAMS_HEALTH_PORT": str(free_port()),
                             "STREAMS_ENGINE": "noop" if noop else "models"}
         settings = Settings(kafka_bootstrap=broker.bootstrap)
         ensure_topics(settings)
@@ -140,7 +141,8 @@ def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float =
     with EmbeddedBroker(free_port(), log_path=log_dir / "bench-tansu.log") as broker:
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
                             "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
-                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6"}
+                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
+                            "STREAMS_HEALTH_PORT": str(free_port())}
         settings = Settings(kafka_bootstrap=broker.bootstrap)
         ensure_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)

@@ -183,7 +183,10 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
     worker_proc = None
     try:
         console.print(f"broker: tansu on {embedded.bootstrap} (pid {embedded.process.pid})")
-        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap}
+        from .broker import free_port
+
+        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap,
+                            "STREAMS_HEALTH_PORT": os.environ.get("STREAMS_HEALTH_PORT", str(free_port()))}
         with log_path.open("wb") as log:
             worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
                                            stdout=log, stderr=subprocess.STDOUT)

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     schema_auto_register: bool = True
     schema_dir: Path = REPO_ROOT / "schemas"
 
+    health_port: int = Field(8080, description="HTTP port for /livez and /readyz; 0 disables it")
+    health_bind: str = "0.0.0.0"
+
     max_text_bytes: int = Field(100_000, description="larger input values go to the DLQ")
 
     @cached_property

@@ -1,0 +1,44 @@
+"""Health endpoints over real HTTP against a running worker."""
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, json_events, produce
+
+pytestmark = pytest.mark.integration
+
+
+def _get(port: int, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_liveness_and_readiness(broker, tiny_models, model_cache, tmp_path):
+    scenario = Scenario(broker.bootstrap, tiny_models, model_cache, tmp_path)
+    worker = WorkerProcess(scenario).start()
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status, body = _get(scenario.health_port, "/readyz")
+                if status == 200:
+                    break
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        assert status == 200, worker.log()[-2000:]
+        assert body["models_loaded"] and body["consumer_started"]
+        assert _get(scenario.health_port, "/livez") == (200, {"status": "ok"})
+        produce(scenario.settings, scenario.input, json_events(5, prefix="h"))
+        got = collect(scenario.settings, scenario, until=lambda c: len(c.enriched_ids) >= 5)
+        assert len(got.enriched_ids) == 5
+    finally:
+        worker.stop()
