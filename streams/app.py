@@ -10,82 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Sequence
 
 import faust
 
-from .engine import Engine, Inference, LabelSet, NoopEngine
-from .enrich import SourceRecord, enriched_record
-from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
-from .settings import Settings, TopicRoute
-from .dlq import dlq_headers
 from .health import add_health_pages
-from .kafka import ensure_topics
-from .produce import AckingProducer, OutRecord
+from .pipeline import InferenceFailure, InRecord, Runtime, enrich_records  # noqa: F401 - re-exported
+from .settings import Settings, TopicRoute
 
 log = logging.getLogger("streams.worker")
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceFailure:
-    exc: BaseException
-
-
-class Runtime:
-    """What a worker loads once at start-up: models and schemas. Failing here is the point:
-    a missing model or unreachable registry stops the worker before it takes any event."""
-
-    def __init__(self, settings: Settings, engine: Engine, catalog: SchemaCatalog):
-        self.settings = settings
-        self.engine = engine
-        self.catalog = catalog
-        self.labels = {r.input: LabelSet.from_mapping(r.labels) for r in settings.topics}
-        # One thread: the models are not shared between concurrent forward passes.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.producer = AckingProducer(settings.librdkafka_config())
-
-    @classmethod
-    def load(cls, settings: Settings) -> "Runtime":
-        ensure_topics(settings)
-        catalog = SchemaCatalog.from_settings(settings)
-        catalog.ensure_registered()
-        if settings.engine == "noop":
-            engine = NoopEngine()
-        else:
-            engine = Engine.load(settings.ner_model, settings.classifier_model,
-                                 cache_dir=settings.model_cache, device=settings.device,
-                                 max_batch=settings.model_batch,
-                                 max_tokens=settings.max_tokens_per_pass,
-                                 model_version=settings.model_version)
-        log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
-                 ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
-        return cls(settings, engine, catalog)
-
-    def infer(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:
-        """Run a batch; if it fails (an exception, out of memory), split it and retry the
-        halves, so one bad event fails alone and its neighbours are still enriched."""
-        try:
-            return list(self.engine.infer(texts, labels))
-        except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
-            _free_accelerator_memory()
-            if len(texts) == 1:
-                return [InferenceFailure(exc)]
-            mid = len(texts) // 2
-            return self.infer(texts[:mid], labels) + self.infer(texts[mid:], labels)
-
-
-def _free_accelerator_memory() -> None:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def faust_credentials(settings: Settings):
@@ -178,56 +111,16 @@ async def _finish_or_exit(batch, grace_s: float) -> None:
 
 async def process_batch(runtime: Runtime, route: TopicRoute, events) -> None:
     started = time.perf_counter()
-    oks: list[tuple[object, InputEvent]] = []
-    bad: list[tuple[object, str, str, str, BaseException | None]] = []
-    tombstones = 0
-    for event in events:
-        msg = event.message
-        decoded = decode_input(msg.value, msg.topic, runtime.catalog, runtime.settings.max_text_bytes)
-        if decoded is None:
-            tombstones += 1
-        elif isinstance(decoded, DecodeError):
-            bad.append((msg, decoded.reason, decoded.message, "DecodeError", None))
-        else:
-            oks.append((msg, decoded))
-
+    records = [InRecord(m.topic, m.partition, m.offset, _timestamp_ms(m), m.key, m.value,
+                        _passthrough(m.headers)) for m in (e.message for e in events)]
     loop = asyncio.get_running_loop()
-    t0 = time.perf_counter()
-    results = await loop.run_in_executor(
-        runtime.executor, runtime.infer, [e.text for _, e in oks], runtime.labels[route.input]) if oks else []
-    inference_ms = (time.perf_counter() - t0) * 1000
-
-    pending = []
-    for (msg, event), result in zip(oks, results):
-        if isinstance(result, InferenceFailure):
-            bad.append((msg, "inference_error", f"{type(result.exc).__name__}: {result.exc}",
-                        type(result.exc).__name__, result.exc))
-            continue
-        source = SourceRecord(msg.topic, msg.partition, msg.offset, _timestamp_ms(msg))
-        try:
-            value = runtime.catalog.encode_enriched(
-                enriched_record(event, result, source, runtime.engine.models, inference_ms), route.output)
-        except Exception as exc:  # noqa: BLE001
-            bad.append((msg, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
-            continue
-        key = msg.key if msg.key is not None else event.event_id.encode()
-        pending.append(OutRecord(route.output, key, value, _passthrough(msg.headers)))
-    enriched = len(pending)
-
-    for msg, reason, message, error_class, exc in bad:
-        log.warning("dead-lettering %s[%d]@%d: %s (%s)", msg.topic, msg.partition, msg.offset,
-                    reason, message[:200])
-        headers = dlq_headers(original_headers=_passthrough(msg.headers), reason=reason, message=message,
-                              error_class=error_class, topic=msg.topic, partition=msg.partition,
-                              offset=msg.offset, timestamp_ms=_timestamp_ms(msg),
-                              worker_id=runtime.worker_id, exc=exc)
-        pending.append(OutRecord(route.dlq, msg.key, msg.value or b"", headers))
-
+    # Decode, inference and encode in the worker thread: the loop keeps heartbeats going.
+    result = await loop.run_in_executor(runtime.executor, enrich_records, runtime, route, records)
     # The broker's acknowledgements, before take_events acks (and Faust commits) the batch.
-    await runtime.producer.send_all(pending)
+    await runtime.producer.send_all(result.out)
     log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms, total %.0f ms",
-             route.input, enriched, len(bad),
-             tombstones, inference_ms, (time.perf_counter() - started) * 1000)
+             route.input, result.enriched, result.dead, result.tombstones, result.inference_ms,
+             (time.perf_counter() - started) * 1000)
 
 
 def _timestamp_ms(msg) -> int | None:

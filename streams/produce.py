@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, Producer
@@ -87,6 +88,29 @@ class AckingProducer:
                 log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
                             attempt, batch.failed[0][1])
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+
+    def send_all_blocking(self, records: list[OutRecord], timeout: float = 120.0) -> None:
+        """The same guarantee for synchronous callers (`streams replay`): every record is
+        acknowledged when this returns; raises if that cannot happen within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while records:
+            failed: list[OutRecord] = []
+            lock = threading.Lock()
+
+            def on_delivery(record):
+                def delivered(err, _msg):
+                    if err is not None:
+                        with lock:
+                            failed.append(record)
+                return delivered
+
+            for record in records:
+                self._produce(record, on_delivery(record))
+            if self._producer.flush(max(0.0, deadline - time.monotonic())) > 0:
+                raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
+            records = failed
+            if records and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(records)} records could not be delivered")
 
     def close(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout)

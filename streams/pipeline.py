@@ -1,0 +1,154 @@
+"""One batch of input records -> enriched and dead-letter records, ready to produce.
+
+decode -> infer -> encode, with every failure turned into a dead-letter record (bad records
+are data, not exceptions). Plain and synchronous: the Faust agent runs it in a worker thread,
+`streams replay` calls it directly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .dlq import dlq_headers
+from .engine import Engine, Inference, LabelSet, NoopEngine
+from .enrich import SourceRecord, enriched_record
+from .kafka import ensure_topics
+from .produce import AckingProducer, OutRecord
+from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
+from .settings import Settings, TopicRoute
+
+log = logging.getLogger("streams.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """A consumed Kafka record, whichever client read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    out: list[OutRecord]
+    enriched: int = 0
+    dead: int = 0
+    tombstones: int = 0
+    inference_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceFailure:
+    exc: BaseException
+
+
+class Runtime:
+    """What a worker loads once at start-up: topics, schemas, models, a producer. Failing here
+    is the point: a missing model or unreachable registry stops it before it takes any event."""
+
+    def __init__(self, settings: Settings, engine, catalog: SchemaCatalog):
+        self.settings = settings
+        self.engine = engine
+        self.catalog = catalog
+        self.labels = {r.input: LabelSet.from_mapping(r.labels) for r in settings.topics}
+        # One thread: the models are not shared between concurrent forward passes.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.producer = AckingProducer(settings.librdkafka_config())
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Runtime":
+        ensure_topics(settings)
+        catalog = SchemaCatalog.from_settings(settings)
+        catalog.ensure_registered()
+        if settings.engine == "noop":
+            engine = NoopEngine()
+        else:
+            engine = Engine.load(settings.ner_model, settings.classifier_model,
+                                 cache_dir=settings.model_cache, device=settings.device,
+                                 max_batch=settings.model_batch,
+                                 max_tokens=settings.max_tokens_per_pass,
+                                 model_version=settings.model_version)
+        log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
+                 ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
+        return cls(settings, engine, catalog)
+
+    def infer(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:
+        """Run a batch; if it fails (an exception, out of memory), split it and retry the
+        halves, so one bad event fails alone and its neighbours are still enriched."""
+        try:
+            return list(self.engine.infer(texts, labels))
+        except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
+            _free_accelerator_memory()
+            if len(texts) == 1:
+                return [InferenceFailure(exc)]
+            mid = len(texts) // 2
+            return self.infer(texts[:mid], labels) + self.infer(texts[mid:], labels)
+
+
+def _free_accelerator_memory() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
+                   extra_headers: Callable[[InRecord], list[tuple[str, bytes]]] | None = None) -> BatchResult:
+    """`extra_headers(record)` adds headers to that record's output (replay markers)."""
+    more = extra_headers or (lambda rec: [])
+    oks: list[tuple[InRecord, InputEvent]] = []
+    bad: list[tuple[InRecord, str, str, str, BaseException | None]] = []
+    result = BatchResult(out=[])
+    for rec in records:
+        decoded = decode_input(rec.value, rec.topic, runtime.catalog, runtime.settings.max_text_bytes)
+        if decoded is None:
+            result.tombstones += 1
+        elif isinstance(decoded, DecodeError):
+            bad.append((rec, decoded.reason, decoded.message, "DecodeError", None))
+        else:
+            oks.append((rec, decoded))
+
+    t0 = time.perf_counter()
+    inferred = runtime.infer([e.text for _, e in oks], runtime.labels[route.input]) if oks else []
+    result.inference_ms = (time.perf_counter() - t0) * 1000
+
+    for (rec, event), inference in zip(oks, inferred):
+        if isinstance(inference, InferenceFailure):
+            bad.append((rec, "inference_error", f"{type(inference.exc).__name__}: {inference.exc}",
+                        type(inference.exc).__name__, inference.exc))
+            continue
+        source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
+        try:
+            value = runtime.catalog.encode_enriched(
+                enriched_record(event, inference, source, runtime.engine.models, result.inference_ms),
+                route.output)
+        except Exception as exc:  # noqa: BLE001
+            bad.append((rec, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
+            continue
+        key = rec.key if rec.key is not None else event.event_id.encode()
+        result.out.append(OutRecord(route.output, key, value, [*rec.headers, *more(rec)]))
+    result.enriched = len(result.out)
+
+    for rec, reason, message, error_class, exc in bad:
+        log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset,
+                    reason, message[:200])
+        headers = dlq_headers(original_headers=rec.headers, reason=reason, message=message,
+                              error_class=error_class, topic=rec.topic, partition=rec.partition,
+                              offset=rec.offset, timestamp_ms=rec.timestamp_ms,
+                              worker_id=runtime.worker_id, exc=exc)
+        result.out.append(OutRecord(route.dlq, rec.key, rec.value or b"", [*headers, *more(rec)]))
+    result.dead = len(bad)
+    return result
