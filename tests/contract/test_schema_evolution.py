@@ -1,0 +1,204 @@
+"""EnrichedEvent evolves under BACKWARD_TRANSITIVE: the current schema reads data written with
+every released version in schemas/history/.
+
+The decision is Apache Avro's reader/writer compatibility check (tests/contract/avro_compat.py),
+cross-checked with the Java Avro that Java consumers run (examples/java-consumer), and proven
+with data: a record written with each old schema (fastavro) is read with the current one.
+BACKWARD_TRANSITIVE does not require old readers to read new data; the FORWARD levels would, and
+`avro_compat.check` covers them too.
+
+To release a schema change: edit schemas/EnrichedEvent.avsc, copy it to
+schemas/history/EnrichedEvent.v<N+1>.avsc, and let these tests judge it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import to_parsing_canonical_form
+
+from tests.contract import avro_compat
+from tests.contract.java import run_java
+
+LEVEL = "BACKWARD_TRANSITIVE"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+CURRENT = SCHEMAS / "EnrichedEvent.avsc"
+HISTORY_DIR = SCHEMAS / "history"
+
+
+def history_files() -> list[Path]:
+    files = []
+    for path in HISTORY_DIR.glob("EnrichedEvent.v*.avsc"):
+        match = re.fullmatch(r"EnrichedEvent\.v(\d+)\.avsc", path.name)
+        assert match, f"{path.name}: history files are named EnrichedEvent.v<N>.avsc"
+        files.append((int(match[1]), path))
+    return [p for _, p in sorted(files)]
+
+
+def history() -> list[tuple[str, dict]]:
+    return [(p.stem.split(".")[-1], avro_compat.load(p)) for p in history_files()]
+
+
+@pytest.fixture(scope="module")
+def current() -> dict:
+    return avro_compat.load(CURRENT)
+
+
+def with_field_type(schema: dict, path: str, new_type) -> dict:
+    """A copy of `schema` with the field at `path` (e.g. `entities[].start`) retyped."""
+    schema = copy.deepcopy(schema)
+    node = schema
+    *parents, leaf = path.split(".")
+    for name in parents:
+        field = next(f for f in node["fields"] if f["name"] == name.removesuffix("[]"))
+        node = field["type"]["items"] if name.endswith("[]") else field["type"]
+    field = next(f for f in node["fields"] if f["name"] == leaf)
+    field["type"] = new_type
+    field.pop("default", None)
+    return schema
+
+
+def with_new_field(schema: dict, field: dict) -> dict:
+    schema = copy.deepcopy(schema)
+    schema["fields"].append(field)
+    return schema
+
+
+def assert_survives(expected, got, path="") -> list[str]:
+    """Every value the writer wrote comes back; returns the reader-only fields (from defaults)."""
+    filled = []
+    if isinstance(expected, dict):
+        assert isinstance(got, dict), path
+        for key, value in expected.items():
+            if key in got:  # a field the reader dropped is skipped, which is allowed
+                filled += assert_survives(value, got[key], f"{path}.{key}".lstrip("."))
+        filled += [f"{path}.{k}".lstrip(".") for k in got if k not in expected]
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), path
+        for i, (e, g) in enumerate(zip(expected, got)):
+            filled += assert_survives(e, g, f"{path}[{i}]")
+    else:
+        assert got == expected, f"{path}: wrote {expected!r}, read {got!r}"
+    return filled
+
+
+# -- the rule, on the real schemas -----------------------------------------------------------
+
+def test_history_holds_every_release_and_the_current_schema_is_the_latest():
+    files = history_files()
+    assert files, f"no released versions in {HISTORY_DIR}"
+    numbers = [int(p.stem.split(".v")[-1]) for p in files]
+    assert numbers == list(range(1, len(files) + 1)), f"history versions must run 1..N, found {numbers}"
+    latest = files[-1]
+    assert to_parsing_canonical_form(avro_compat.load(CURRENT)) == \
+        to_parsing_canonical_form(avro_compat.load(latest)), (
+        f"{CURRENT.name} differs from the latest released version {latest.name}: a changed schema "
+        f"is a new release; copy it to schemas/history/EnrichedEvent.v{len(files) + 1}.avsc so "
+        "every later change is checked against it too")
+
+
+def test_current_schema_is_backward_transitive_compatible(current):
+    problems = avro_compat.check(LEVEL, current, history())
+    assert not problems, f"{CURRENT.name} breaks {LEVEL}:\n  " + "\n  ".join(problems)
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["values", "nulls"])
+@pytest.mark.parametrize("old", history_files(), ids=lambda p: p.stem)
+def test_data_written_with_each_release_reads_with_the_current_schema(old, nulls, current):
+    writer = avro_compat.load(old)
+    data = avro_compat.write(writer, avro_compat.sample_datum(writer, nulls=nulls))
+    as_written = avro_compat.read(data, writer, writer)
+    as_read = avro_compat.read(data, writer, current)  # fastavro's schema resolution
+    filled = assert_survives(as_written, as_read)  # fields new since `old` come from defaults
+    if old == history_files()[-1]:
+        assert not filled, "the latest release is the current schema"
+
+
+def test_java_avro_agrees(current):
+    """Java's org.apache.avro.SchemaCompatibility, as a Java consumer would judge it."""
+    result = run_java("SchemaCompatibilityCheck", CURRENT, *history_files(), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [f"COMPATIBLE {p}" for p in history_files()]
+
+
+def test_schemas_document_every_field_and_default_every_optional_one():
+    for path in SCHEMAS.glob("*.avsc"):
+        schema = avro_compat.load(path)
+        assert schema["namespace"] == "io.streams.enrichment", path.name
+        named = avro_compat._named_types(schema)
+        for record in {id(s): s for s in named.values()}.values():
+            assert record.get("doc"), f"{path.name}: {record['name']} has no doc"
+            for field in record.get("fields", []):
+                where = f"{path.name}: {record['name']}.{field['name']}"
+                assert field.get("doc"), f"{where} has no doc"
+                if isinstance(field["type"], list) and "null" in field["type"]:
+                    assert field["type"][0] == "null" and "default" in field and field["default"] is None, \
+                        f"{where} is optional: make it [\"null\", ...] with \"default\": null"
+
+
+# -- the checker itself: it passes what is compatible and names what breaks --------------------
+# These start from the latest release, so they judge the checker whatever the current schema is.
+
+BREAKING = [
+    pytest.param(lambda s: with_new_field(s, {"name": "priority", "type": "string", "doc": "Urgency."}),
+                 "priority", "no default", id="new-required-field"),
+    pytest.param(lambda s: with_field_type(s, "entities[].start", "string"),
+                 "entities[].start", "type changed", id="nested-type-change"),
+    pytest.param(lambda s: with_field_type(s, "event_type", "string"),
+                 "event_type", "type changed", id="optional-made-required"),
+    pytest.param(lambda s: with_field_type(s, "source.partition", ["null", "string"]),
+                 "source.partition", "not readable", id="int-to-union-of-string"),
+]
+
+
+@pytest.mark.parametrize("mutate, field, what", BREAKING)
+def test_a_breaking_change_fails_naming_the_field_and_what_broke(tmp_path, mutate, field, what):
+    releases = history()
+    broken = mutate(releases[-1][1])
+    problems = avro_compat.check(LEVEL, broken, releases)
+    assert len(problems) == len(releases), problems  # against every release: transitive
+    for (name, _), problem in zip(releases, problems):
+        assert problem.startswith(f"data written with {name}, read with the new schema: {field}: "), problem
+        assert what in problem, problem
+    # The data agrees: a record written with the release cannot be read with the broken schema
+    # (with values in every optional field, or with nulls in them).
+    writer = releases[-1][1]
+    unreadable = []
+    for nulls in (False, True):
+        try:
+            avro_compat.read(avro_compat.write(writer, avro_compat.sample_datum(writer, nulls=nulls)),
+                             writer, broken)
+        except SchemaResolutionError:
+            unreadable.append(nulls)
+    assert unreadable, "the checker said incompatible but every sample record was readable"
+    # And so does Java's Avro.
+    broken_path = tmp_path / "EnrichedEvent.avsc"
+    broken_path.write_text(json.dumps(broken))
+    result = run_java("SchemaCompatibilityCheck", broken_path, *history_files(), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"INCOMPATIBLE {history_files()[0]}" in result.stdout.splitlines()
+
+
+def test_a_compatible_change_passes_and_old_data_gets_defaults(tmp_path):
+    releases = history()
+    evolved = with_new_field(releases[-1][1], {"name": "language", "type": ["null", "string"], "default": None,
+                                       "doc": "Language of the text."})
+    evolved = with_field_type(evolved, "source.partition", "long")  # int -> long: a promotion
+    assert avro_compat.check(LEVEL, evolved, releases) == []
+    for (name, writer), nulls in [(r, n) for r in releases for n in (False, True)]:
+        data = avro_compat.write(writer, avro_compat.sample_datum(writer, nulls=nulls))
+        filled = assert_survives(avro_compat.read(data, writer, writer), avro_compat.read(data, writer, evolved))
+        assert filled == ["language"], name
+        assert avro_compat.read(data, writer, evolved)["language"] is None
+    # Old readers cannot read a long partition: the FORWARD levels say so, BACKWARD ones do not care.
+    assert avro_compat.check("FORWARD", evolved, releases) == [
+        f"data written with the new schema, read by {releases[-1][0]} readers: source.partition: "
+        "type changed incompatibly (reader type: int not compatible with writer type: long)"]
+    evolved_path = tmp_path / "EnrichedEvent.avsc"
+    evolved_path.write_text(json.dumps(evolved))
+    result = run_java("SchemaCompatibilityCheck", evolved_path, *history_files(), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
