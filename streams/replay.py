@@ -191,7 +191,7 @@ def group_is_active(description) -> bool:
     (The embedded tansu broker lists no members and always reports STABLE: it cannot tell.)"""
     from confluent_kafka import ConsumerGroupState
 
-    rebalancing = {ConsumerGroupState.PREPARING_REBALANCE, ConsumerGroupState.COMPLETING_REBALANCE}
+    rebalancing = {ConsumerGroupState.PREPARING_REBALANCING, ConsumerGroupState.COMPLETING_REBALANCING}
     return bool(description.members) or description.state in rebalancing
 
 

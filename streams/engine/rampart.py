@@ -90,6 +90,8 @@ def ensure_rampart_checkpoint(cache_dir: Path) -> Path:
         if (source / name).exists():
             shutil.copy2(source / name, tmp / name)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp / "model.safetensors"))
+    for path in tmp.iterdir():  # readable by a non-root worker when root prepared the cache
+        path.chmod(0o644)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: a half-written checkpoint is never picked up
     return target

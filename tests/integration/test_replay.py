@@ -137,5 +137,5 @@ def test_offsets_reset_refuses_an_active_group():
     from streams.replay import group_is_active
 
     assert group_is_active(SimpleNamespace(members=[object()], state=ConsumerGroupState.STABLE))
-    assert group_is_active(SimpleNamespace(members=[], state=ConsumerGroupState.PREPARING_REBALANCE))
+    assert group_is_active(SimpleNamespace(members=[], state=ConsumerGroupState.PREPARING_REBALANCING))
     assert not group_is_active(SimpleNamespace(members=[], state=ConsumerGroupState.EMPTY))
