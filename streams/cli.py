@@ -232,8 +232,8 @@ def models() -> None:
 
 @app.command()
 def bench(
-    texts: int = typer.Option(256, help="texts for the engine/naive/reference runs"),
-    events: int = typer.Option(512, help="events for the end-to-end run"),
+    texts: int = typer.Option(512, help="texts for the engine/naive/reference runs"),
+    events: int = typer.Option(2048, help="events for the end-to-end run"),
     ceiling_events: int = typer.Option(20000, help="events for the no-op stream-ceiling run"),
     out: Path = typer.Option(Path("bench/results.json"), help="where the figures are written"),
     bounds: Path = typer.Option(Path("bench/bounds.json"), help="ratio bounds for --check"),
