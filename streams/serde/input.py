@@ -6,7 +6,7 @@ dead-letters with the original bytes."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator

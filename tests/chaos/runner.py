@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import tempfile
 import time
 from dataclasses import dataclass

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, produce
+from tests.fixtures.kafka_io import Scenario, WorkerProcess
 
 COMMANDS = ["broker", "worker", "produce", "tail", "demo", "models"]
 
