@@ -41,3 +41,19 @@ def test_sasl_settings_reach_both_clients_and_secrets_stay_hidden(monkeypatch):
     creds = faust_credentials(s)
     assert (creds.username, creds.password, creds.mechanism.value) == ("enricher", "s3cret-pw", "SCRAM-SHA-512")
     assert "s3cret-pw" not in repr(s) and "s3cret-pw" not in str(s.model_dump())
+
+
+def test_ssl_settings_reach_both_clients(monkeypatch):
+    import ssl
+
+    import certifi
+
+    monkeypatch.setenv("STREAMS_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("STREAMS_KAFKA_SSL_CAFILE", certifi.where())
+    s = Settings()
+    conf = s.librdkafka_config()
+    assert (conf["security.protocol"], conf["ssl.ca.location"]) == ("ssl", certifi.where())
+    creds = faust_credentials(s)
+    assert isinstance(creds.context, ssl.SSLContext)
+    assert creds.context.verify_mode == ssl.CERT_REQUIRED
+    assert creds.context.cert_store_stats()["x509_ca"] > 0  # the CA file was loaded
