@@ -16,12 +16,16 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .settings import SUPPORT_TICKET_LABELS, Settings
+
+BENCH_TOPIC = "support.tickets"
 
 
 def sample_texts(n: int) -> list[str]:
@@ -76,8 +80,19 @@ def bench_pipelines(engine, texts, labels, batch_size: int) -> float:
     return _rate(len(texts), time.perf_counter() - t)
 
 
-def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
-    """Worker subprocess on a fresh embedded broker; events/s and latency per event."""
+@dataclass
+class _Rig:
+    settings: Settings
+    catalog: object
+    worker: subprocess.Popen
+    reader: object
+    producer: object
+
+
+@contextmanager
+def _worker_rig(log_dir: Path, name: str, **env_extra: str):
+    """A fresh embedded broker and a worker subprocess that has joined its group and loaded
+    its models (one warm-up event went through), with a producer and an enriched-topic reader."""
     from confluent_kafka import Producer
 
     from .broker import EmbeddedBroker, free_port
@@ -88,40 +103,43 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
                             "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
                             "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
-                            "STREAMS_HEALTH_PORT": str(free_port()),
-                            "STREAMS_ENGINE": "noop" if noop else "models"}
+                            "STREAMS_HEALTH_PORT": str(free_port()), **env_extra}
         settings = Settings(kafka_bootstrap=broker.bootstrap)
         ensure_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)
-        topic = "support.tickets"
-        log = (log_dir / f"bench-worker-{'noop' if noop else 'models'}.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
+        with (log_dir / f"bench-worker-{name}.log").open("wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT)
             reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
-            reader.subscribe([f"{topic}.enriched"])
-            # Warm-up: the worker has joined its group and loaded models when this comes back.
-            prod = Producer(settings.librdkafka_config() | {"linger.ms": 5, "acks": "all"})
-            prod.produce(topic, key=b"warm", value=json.dumps({"event_id": "warm", "text": "hello"}).encode())
-            prod.flush(10)
-            _read(reader, catalog, 1, 300)
-            texts = sample_texts(n)
-            cpu_before = _cpu_seconds(worker.pid)
-            start = time.time()
-            for i, text in enumerate(texts):
-                prod.produce(topic, key=f"b{i}".encode(),
-                             value=json.dumps({"event_id": f"b{i}", "text": text}).encode())
-                prod.poll(0)
-            prod.flush(60)
-            latencies = _read(reader, catalog, n, 600)
-            elapsed = time.time() - start
-            worker_cpu = _cpu_seconds(worker.pid) - cpu_before
-            reader.close()
-            rss_kb = _peak_rss_kb(worker.pid)
-        finally:
-            worker.terminate()
-            worker.wait(60)
-            log.close()
+            try:
+                reader.subscribe([f"{BENCH_TOPIC}.enriched"])
+                prod = Producer(settings.librdkafka_config() | {"linger.ms": 5, "acks": "all"})
+                prod.produce(BENCH_TOPIC, key=b"warm", value=json.dumps({"event_id": "warm", "text": "hello"}).encode())
+                prod.flush(10)
+                _read(reader, catalog, 1, 300)
+                yield _Rig(settings, catalog, worker, reader, prod)
+            finally:
+                reader.close()
+                worker.terminate()
+                worker.wait(60)
+
+
+def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
+    """Worker subprocess on a fresh embedded broker; events/s and latency per event."""
+    with _worker_rig(log_dir, "noop" if noop else "models",
+                     STREAMS_ENGINE="noop" if noop else "models") as rig:
+        texts = sample_texts(n)
+        cpu_before = _cpu_seconds(rig.worker.pid)
+        start = time.time()
+        for i, text in enumerate(texts):
+            rig.producer.produce(BENCH_TOPIC, key=f"b{i}".encode(),
+                                 value=json.dumps({"event_id": f"b{i}", "text": text}).encode())
+            rig.producer.poll(0)
+        rig.producer.flush(60)
+        latencies = _read(rig.reader, rig.catalog, n, 600)
+        elapsed = time.time() - start
+        worker_cpu = _cpu_seconds(rig.worker.pid) - cpu_before
+        rss_kb = _proc_status_kb(rig.worker.pid, "VmHWM")
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {"events": n, "received": len(latencies), "events_per_s": _rate(len(latencies), elapsed),
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
@@ -132,52 +150,23 @@ def bench_stream(n: int, noop: bool, log_dir: Path) -> dict:
 def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float = 60.0) -> dict:
     """The worker under a steady load for `duration` seconds; its RSS sampled every 2 s.
     Growth is measured from the end of warm-up (models loaded, allocator settled)."""
-    from confluent_kafka import Producer
-
-    from .broker import EmbeddedBroker, free_port
-    from .kafka import consumer, ensure_topics
-    from .serde import SchemaCatalog
-
-    with EmbeddedBroker(free_port(), log_path=log_dir / "bench-tansu.log") as broker:
-        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
-                            "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
-                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
-                            "STREAMS_HEALTH_PORT": str(free_port())}
-        settings = Settings(kafka_bootstrap=broker.bootstrap)
-        ensure_topics(settings)
-        catalog = SchemaCatalog.from_settings(settings)
-        log = (log_dir / "bench-worker-sustained.log").open("wb")
-        worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        samples: list[tuple[float, float]] = []
-        sent = 0
-        try:
-            reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
-            reader.subscribe(["support.tickets.enriched"])
-            prod = Producer(settings.librdkafka_config() | {"linger.ms": 5})
-            prod.produce("support.tickets", value=json.dumps({"event_id": "warm", "text": "hi"}).encode())
-            prod.flush(10)
-            _read(reader, catalog, 1, 300)
-            texts = sample_texts(24)
-            start = time.monotonic()
-            next_sample = start
-            received = 0
-            while (now := time.monotonic()) - start < duration:
-                due = int((now - start) * rate)
-                while sent < due:
-                    prod.produce("support.tickets", value=json.dumps(
-                        {"event_id": f"s{sent}", "text": texts[sent % len(texts)]}).encode())
-                    sent += 1
-                prod.poll(0)
-                received += len([m for m in reader.consume(500, 0.1) if not m.error()])
-                if now >= next_sample:
-                    samples.append((now - start, _rss_kb(worker.pid) / 1024))
-                    next_sample += 2.0
-            reader.close()
-        finally:
-            worker.terminate()
-            worker.wait(60)
-            log.close()
+    samples: list[tuple[float, float]] = []
+    sent = received = 0
+    with _worker_rig(log_dir, "sustained") as rig:
+        texts = sample_texts(24)
+        start = time.monotonic()
+        next_sample = start
+        while (now := time.monotonic()) - start < duration:
+            due = int((now - start) * rate)
+            while sent < due:
+                rig.producer.produce(BENCH_TOPIC, value=json.dumps(
+                    {"event_id": f"s{sent}", "text": texts[sent % len(texts)]}).encode())
+                sent += 1
+            rig.producer.poll(0)
+            received += len([m for m in rig.reader.consume(500, 0.1) if not m.error()])
+            if now >= next_sample:
+                samples.append((now - start, _proc_status_kb(rig.worker.pid, "VmRSS") / 1024))
+                next_sample += 2.0
     after_warmup = [rss for t, rss in samples if t >= warmup] or [samples[-1][1]]
     return {"duration_s": duration, "rate": rate, "sent": sent, "received": received,
             "rss_after_warmup_mb": after_warmup[0], "rss_end_mb": after_warmup[-1],
@@ -186,9 +175,10 @@ def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float =
             "rss_samples": samples}
 
 
-def _rss_kb(pid: int) -> float:
+def _proc_status_kb(pid: int, key: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of a process, in kB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{key}:"):
             return float(line.split()[1])
     return float("nan")
 
@@ -215,13 +205,6 @@ def _read(reader, catalog, n: int, timeout: float) -> list[float]:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def _peak_rss_kb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path) -> dict:

@@ -57,12 +57,11 @@ class AckingProducer:
     def __init__(self, config: dict):
         self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
                                             "linger.ms": 5})
-        self._stopping = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
-        while not self._stopping.is_set():
+        while True:  # a daemon thread: it ends with the process
             self._producer.poll(0.1)  # runs delivery callbacks
 
     def _produce(self, record: OutRecord, on_delivery) -> None:
@@ -111,8 +110,3 @@ class AckingProducer:
             records = failed
             if records and time.monotonic() > deadline:
                 raise TimeoutError(f"{len(records)} records could not be delivered")
-
-    def close(self, timeout: float = 30.0) -> None:
-        self._producer.flush(timeout)
-        self._stopping.set()
-        self._poller.join(timeout)

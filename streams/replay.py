@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from confluent_kafka import Consumer, TopicPartition
@@ -40,7 +40,6 @@ class Progress:
     enriched: int = 0
     dead: int = 0
     skipped: int = 0  # outside the time range
-    last_offset: dict[int, int] = field(default_factory=dict)
 
 
 def replay_id(topic: str, start: str, end: str | None, partitions: list[int] | None,
@@ -173,7 +172,6 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
             done: dict[int, int] = {}
             for r in batch:
                 done[r.partition] = r.offset + 1
-                progress.last_offset[r.partition] = r.offset
             if done:  # produced and acknowledged: now the replay group may move on
                 cons.commit(offsets=[TopicPartition(topic, p, o) for p, o in done.items()],
                             asynchronous=False)
