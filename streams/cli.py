@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -54,12 +53,17 @@ def broker(port: int = typer.Option(9092, help="TCP port on 127.0.0.1")) -> None
 
 
 @app.command()
-def worker(loglevel: str = typer.Option("info", help="debug, info, warning")) -> None:
-    """Run the enrichment worker (same as `faust -A streams.app worker`)."""
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warning; default STREAMS_LOG_LEVEL")) -> None:
+    """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
+    unless STREAMS_LOG_FORMAT=text."""
     from faust.worker import Worker
 
     from .app import Runtime, app as faust_app, settings
+    from .telemetry import configure_logging, logging_config
+
+    loglevel = (loglevel or settings.log_level).upper()
+    configure_logging(loglevel, settings.log_format)
+    faust_app.conf.logging_config = logging_config(loglevel, settings.log_format)
     from .engine import ModelLoadError
     from .serde.registry import SchemaError
 
@@ -241,6 +245,8 @@ def bench(
     duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
                                            "reporting worker RSS growth after warm-up"),
     rate: float = typer.Option(30.0, help="events/s offered during --duration"),
+    traced: bool = typer.Option(True, "--traced/--no-traced",
+                                help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     from rich.table import Table
@@ -258,20 +264,25 @@ def bench(
             raise typer.Exit(1)
         return
 
-    r = b.run(texts, events, ceiling_events, out)
+    r = b.run(texts, events, ceiling_events, out, traced=traced)
     table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
     for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
         table.add_column(col, justify="right" if col != "run" else "left")
     table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
     table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
     table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
-    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op)")):
+    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op)"),
+                      ("end_to_end_traced", "end-to-end, traced")):
+        if key not in r:
+            continue
         s = r[key]
         table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
                       f"{s['worker_peak_rss_mb']:.0f}")
     console.print(table)
     for name, value in r["ratios"].items():
         console.print(f"{name}: {value:.2f}")
+    if "end_to_end_traced" in r:
+        console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
     console.print(f"written to {out}")
     if check:
         failures = b.check(r, json.loads(bounds.read_text()))
@@ -384,21 +395,27 @@ def offsets_reset(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the new offsets, change nothing"),
 ) -> None:
     """Rewind a consumer group to a time, like kafka-consumer-groups --reset-offsets
-    --to-datetime; refuses while the group has active members."""
+    --to-datetime; refuses (exit 2) while the group is active: stop its workers first."""
     from . import replay as rp
 
     settings = Settings()
     when_ms = rp.to_ms(_parse_time(to_datetime))
     topics = topic or [r.input for r in settings.topics]
     try:
-        rp.refuse_if_active(settings, group)  # once, before anything is read or written
+        rp.refuse_if_active(settings, group)  # before anything is read; the broker checks again on write
         new = rp.offsets_at(settings, group, topics, when_ms)
+        current = rp.committed_offsets(settings, group, new)
     except ValueError as exc:
         _fail(str(exc))
     for tp in new:
-        console.print(f"{tp.topic}[{tp.partition}] -> {tp.offset}")
+        before = current.get((tp.topic, tp.partition), -1)
+        shown = str(before) if before >= 0 else "none"
+        console.print(f"{tp.topic}[{tp.partition}]: {shown} -> {tp.offset}", markup=False, highlight=False)
     if dry_run:
-        console.print("dry run: offsets unchanged")
+        console.print(f"dry run: group {group} unchanged", markup=False, highlight=False)
         return
-    rp.reset_offsets(settings, group, new)
-    console.print(f"group {group}: {len(new)} partition offsets reset")
+    try:
+        rp.reset_offsets(settings, group, new)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"group {group}: {len(new)} partition offsets reset", markup=False, highlight=False)

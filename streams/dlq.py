@@ -8,6 +8,7 @@ import traceback
 from datetime import datetime, timezone
 
 PREFIX = "__streams.errors."
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # W3C trace context
 
 
 def stack_digest(exc: BaseException | None) -> str:
@@ -21,9 +22,15 @@ def stack_digest(exc: BaseException | None) -> str:
 
 def dlq_headers(*, original_headers, reason: str, message: str, error_class: str, topic: str,
                 partition: int, offset: int, timestamp_ms: int | None, worker_id: str,
-                exc: BaseException | None = None) -> list[tuple[str, bytes]]:
+                exc: BaseException | None = None,
+                trace_context: list[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+    """`trace_context`: this worker's W3C `traceparent`/`tracestate` for the dead-letter record
+    (tracing on); they replace the incoming ones, so a DLQ consumer continues this trace.
+    Without it the original headers pass through unchanged (minus earlier provenance)."""
     headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in (original_headers or [])
                if not k.startswith(PREFIX)]
+    if trace_context is not None:
+        headers = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS] + list(trace_context)
     provenance = {
         "reason": reason,
         "exception.class.name": error_class,

@@ -1,27 +1,47 @@
-"""Health over HTTP on Faust's own web server: liveness and readiness for Kubernetes probes.
+"""Health over HTTP on the Faust worker's web server, for Kubernetes probes.
 
-/livez   200 while the event loop answers (a blocked loop times the probe out)
-/readyz  200 once the models are loaded and the consumer has joined its group, else 503
+/livez   200 while the event loop answers and the enrichment loop's thread is alive and
+         polling (a loop stuck longer than max_poll_interval_s is not live), else 503
+/readyz  200 once the models are loaded, the consumer has joined its group, and a broker
+         is reachable, else 503 with the failing checks
+/metrics Prometheus text exposition of the OpenTelemetry metrics (streams.telemetry)
 """
 
 from __future__ import annotations
+
+import time
 
 import faust
 from faust.web import Request, Response, View
 
 LIVENESS_PATH = "/livez"
 READINESS_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+
+
+def liveness(app: faust.App) -> tuple[bool, dict]:
+    runner = getattr(app, "loop_runner", None)
+    if runner is None:  # still loading models: live, not ready
+        return True, {"status": "ok", "loop": "starting"}
+    since_poll = time.monotonic() - runner.consumer.state.last_poll
+    stuck_after = app.conf.streams_settings.max_poll_interval_s
+    live = runner.alive() and since_poll < stuck_after
+    return live, {"status": "ok" if live else "stuck", "loop_alive": runner.alive(),
+                  "seconds_since_poll": round(since_poll, 1)}
 
 
 def readiness(app: faust.App) -> tuple[bool, dict]:
-    consumer = app.consumer
+    runner = getattr(app, "loop_runner", None)
+    state = runner.consumer.state if runner is not None else None
     checks = {
         "models_loaded": getattr(app, "runtime", None) is not None,
-        "consumer_started": bool(consumer.started),
-        "not_rebalancing": not app.rebalancing,
-        "assigned_partitions": len(consumer.assignment()) if consumer.started else 0,
+        "consumer_started": runner is not None and runner.alive(),
+        "joined_group": bool(state and state.joined),
+        "assigned_partitions": len(state.assigned) if state else 0,
+        # None until librdkafka's first statistics report (5 s): unknown counts as reachable.
+        "broker_reachable": bool(state) and state.brokers_up != 0,
     }
-    ready = checks["models_loaded"] and checks["consumer_started"] and checks["not_rebalancing"]
+    ready = all(checks[k] for k in ("models_loaded", "consumer_started", "joined_group", "broker_reachable"))
     return ready, checks
 
 
@@ -29,7 +49,8 @@ def add_health_pages(app: faust.App) -> None:
     @app.page(LIVENESS_PATH)
     class Liveness(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok"})
+            live, body = liveness(app)
+            return self.json(body, status=200 if live else 503)
 
     @app.page(READINESS_PATH)
     class Readiness(View):
@@ -37,3 +58,17 @@ def add_health_pages(app: faust.App) -> None:
             ready, checks = readiness(app)
             return self.json({"status": "ready" if ready else "not ready", **checks},
                              status=200 if ready else 503)
+
+    @app.page(METRICS_PATH)
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            from .telemetry import default_telemetry
+
+            settings = app.conf.streams_settings
+            runtime = getattr(app, "runtime", None)
+            telemetry = runtime.telemetry if runtime is not None else \
+                default_telemetry(settings.app_id, settings.app_id)
+            body, content_type = telemetry.prometheus_text()
+            # aiohttp takes the charset apart from the type; Prometheus text is UTF-8.
+            media_type = ";".join(p for p in content_type.split(";") if "charset" not in p)
+            return self.bytes(body, content_type=media_type.strip())

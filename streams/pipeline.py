@@ -21,6 +21,7 @@ from .kafka import ensure_topics
 from .produce import AckingProducer, OutRecord
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
+from .telemetry import BatchTrace, Telemetry, default_telemetry, replace_trace_headers
 
 log = logging.getLogger("streams.pipeline")
 
@@ -45,6 +46,14 @@ class BatchResult:
     dead: int = 0
     tombstones: int = 0
     inference_ms: float = 0.0
+    # The batch's spans, still open, when enrich_records was called with defer_trace_end=True.
+    trace: BatchTrace | None = None
+
+    def end_trace(self, error: BaseException | None = None) -> None:
+        """Ends the batch's spans (after the produce was acknowledged, or failed: `error`).
+        A no-op when tracing is off or the spans have already ended."""
+        if self.trace is not None:
+            self.trace.end(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +65,12 @@ class Runtime:
     """What a worker loads once at start-up: topics, schemas, models, a producer. Failing here
     is the point: a missing model or unreachable registry stops it before it takes any event."""
 
-    def __init__(self, settings: Settings, engine, catalog: SchemaCatalog):
+    def __init__(self, settings: Settings, engine, catalog: SchemaCatalog, *,
+                 telemetry: Telemetry | None = None):
         self.settings = settings
+        # Traces/metrics; by default the process's own, configured by the OTEL_* environment.
+        self.telemetry = telemetry if telemetry is not None else \
+            default_telemetry(settings.app_id, settings.app_id)
         self.engine = engine
         self.catalog = catalog
         self.labels = {r.input: LabelSet.from_mapping(r.labels) for r in settings.topics}
@@ -67,7 +80,7 @@ class Runtime:
         self.producer = AckingProducer(settings.librdkafka_config())
 
     @classmethod
-    def load(cls, settings: Settings) -> "Runtime":
+    def load(cls, settings: Settings, *, telemetry: Telemetry | None = None) -> "Runtime":
         ensure_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)
         catalog.ensure_registered()
@@ -81,7 +94,9 @@ class Runtime:
                                  model_version=settings.model_version)
         log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
                  ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
-        return cls(settings, engine, catalog)
+        runtime = cls(settings, engine, catalog, telemetry=telemetry)
+        runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
+        return runtime
 
     def infer(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:
         """Run a batch; if it fails (an exception, out of memory), split it and retry the
@@ -106,28 +121,66 @@ def _free_accelerator_memory() -> None:
 
 
 def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
-                   extra_headers: Callable[[InRecord], list[tuple[str, bytes]]] | None = None) -> BatchResult:
-    """`extra_headers(record)` adds headers to that record's output (replay markers)."""
-    more = extra_headers or (lambda rec: [])
-    oks: list[tuple[InRecord, InputEvent]] = []
-    bad: list[tuple[InRecord, str, str, str, BaseException | None]] = []
+                   extra_headers: Callable[[InRecord], list[tuple[str, bytes]]] | None = None, *,
+                   received_ns: int | None = None, defer_trace_end: bool = False) -> BatchResult:
+    """`extra_headers(record)` adds headers to that record's output (replay markers).
+
+    Telemetry (`runtime.telemetry`): metrics for the batch always; spans only when tracing is
+    on (checked once per batch). `received_ns` (time.time_ns()) starts the event spans when
+    the batch was taken from the consumer, default now. `defer_trace_end=True` leaves the
+    spans open in `result.trace`: the caller ends them with `result.end_trace()` once the
+    produce is acknowledged, so the send spans cover it. Otherwise they end here."""
+    telemetry = runtime.telemetry
+    more = extra_headers or _no_headers
+    if not telemetry.tracing_enabled:  # the one check: nothing per event for tracing below
+        return _enrich(runtime, route, records, more, None)
+    trace = telemetry.start_batch(route.input, records, received_ns)
+    try:
+        with trace.current():  # log lines of the batch carry its trace id
+            result = _enrich(runtime, route, records, more, trace)
+    except BaseException as exc:
+        trace.end(exc)
+        raise
+    trace.summarize(result.enriched, result.dead, result.tombstones, result.inference_ms)
+    if defer_trace_end:
+        result.trace = trace
+    else:
+        trace.end()
+    return result
+
+
+def _no_headers(rec: InRecord) -> list[tuple[str, bytes]]:
+    return []
+
+
+def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
+            more: Callable[[InRecord], list[tuple[str, bytes]]], trace: BatchTrace | None) -> BatchResult:
+    oks: list[tuple[int, InRecord, InputEvent]] = []
+    bad: list[tuple[int, InRecord, str, str, str, BaseException | None]] = []
+    tombstone_partitions: list[int] = []
     result = BatchResult(out=[])
-    for rec in records:
+    for i, rec in enumerate(records):
         decoded = decode_input(rec.value, rec.topic, runtime.catalog, runtime.settings.max_text_bytes)
         if decoded is None:
-            result.tombstones += 1
+            tombstone_partitions.append(rec.partition)
+            if trace is not None:
+                trace.tombstone(i)
         elif isinstance(decoded, DecodeError):
-            bad.append((rec, decoded.reason, decoded.message, "DecodeError", None))
+            bad.append((i, rec, decoded.reason, decoded.message, "DecodeError", None))
         else:
-            oks.append((rec, decoded))
+            oks.append((i, rec, decoded))
+    result.tombstones = len(tombstone_partitions)
 
     t0 = time.perf_counter()
-    inferred = runtime.infer([e.text for _, e in oks], runtime.labels[route.input]) if oks else []
+    start_ns = time.time_ns()
+    inferred = runtime.infer([e.text for _, _, e in oks], runtime.labels[route.input]) if oks else []
     result.inference_ms = (time.perf_counter() - t0) * 1000
+    if trace is not None and oks:
+        trace.inference([i for i, _, _ in oks], start_ns, time.time_ns())
 
-    for (rec, event), inference in zip(oks, inferred):
+    for (i, rec, event), inference in zip(oks, inferred):
         if isinstance(inference, InferenceFailure):
-            bad.append((rec, "inference_error", f"{type(inference.exc).__name__}: {inference.exc}",
+            bad.append((i, rec, "inference_error", f"{type(inference.exc).__name__}: {inference.exc}",
                         type(inference.exc).__name__, inference.exc))
             continue
         source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
@@ -136,19 +189,34 @@ def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InReco
                 enriched_record(event, inference, source, runtime.engine.models, result.inference_ms),
                 route.output)
         except Exception as exc:  # noqa: BLE001
-            bad.append((rec, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
+            bad.append((i, rec, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
             continue
         key = rec.key if rec.key is not None else event.event_id.encode()
-        result.out.append(OutRecord(route.output, key, value, [*rec.headers, *more(rec)]))
+        if trace is None:
+            headers = [*rec.headers, *more(rec)]
+        else:  # this worker's context replaces the producer's: subscribers continue the trace
+            headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
+        result.out.append(OutRecord(route.output, key, value, headers))
     result.enriched = len(result.out)
 
-    for rec, reason, message, error_class, exc in bad:
-        log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset,
-                    reason, message[:200])
+    for i, rec, reason, message, error_class, exc in bad:
+        if trace is None:
+            log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset,
+                        reason, message[:200])
+        else:
+            with trace.current(i):  # the line carries the event's (the producer's) trace id
+                log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition,
+                            rec.offset, reason, message[:200])
         headers = dlq_headers(original_headers=rec.headers, reason=reason, message=message,
                               error_class=error_class, topic=rec.topic, partition=rec.partition,
                               offset=rec.offset, timestamp_ms=rec.timestamp_ms,
-                              worker_id=runtime.worker_id, exc=exc)
+                              worker_id=runtime.worker_id, exc=exc,
+                              trace_context=None if trace is None else trace.send(i, route.dlq, reason))
         result.out.append(OutRecord(route.dlq, rec.key, rec.value or b"", [*headers, *more(rec)]))
     result.dead = len(bad)
+
+    runtime.telemetry.metrics.record_batch(
+        route.input, records, tombstone_partitions=tombstone_partitions,
+        dead=[(rec.partition, reason) for _, rec, reason, _, _, _ in bad],
+        inference_s=result.inference_ms / 1000 if oks else None)
     return result

@@ -1,19 +1,18 @@
-"""Produce step: a librdkafka producer (acks=all, idempotent, batched in C) and a way for the
-event loop to await a whole batch of records until the broker has acknowledged every one.
+"""Produce step: a librdkafka producer (acks=all, idempotent, batched in C) and one call that
+returns only when the broker has acknowledged every record of a batch.
 
-The worker waits for these acknowledgements before its input offsets may be committed. A
-record whose delivery fails is sent again rather than raised: an exception inside the agent
-would let Faust ack the batch. One future per batch, not per record, keeps the loop free."""
+The worker commits its input offsets after this returns, never before (at-least-once). A
+record whose delivery fails is sent again rather than dropped or raised; a worker that cannot
+deliver within its shutdown grace exits without committing, and the batch is re-delivered."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Producer
 
 log = logging.getLogger("streams.produce")
 
@@ -26,87 +25,51 @@ class OutRecord:
     headers: list[tuple[str, bytes]] | None = None
 
 
-class _BatchDelivery:
-    """Counts acknowledgements on the producer's poll thread; wakes the loop once at the end."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, records: list[OutRecord]):
-        self.loop = loop
-        self.future = loop.create_future()
-        self.remaining = len(records)
-        self.failed: list[tuple[OutRecord, KafkaError]] = []
-        self.lock = threading.Lock()
-
-    def callback(self, record: OutRecord):
-        def delivered(err: KafkaError | None, _msg) -> None:
-            with self.lock:
-                if err is not None:
-                    self.failed.append((record, err))
-                self.remaining -= 1
-                done = self.remaining == 0
-            if done:
-                self.loop.call_soon_threadsafe(_resolve, self.future)
-        return delivered
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 class AckingProducer:
     def __init__(self, config: dict):
         self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
                                             "linger.ms": 5})
-        self._poller = threading.Thread(target=self._poll, name="producer-poll", daemon=True)
-        self._poller.start()
+        self._failed: list[tuple[OutRecord, object]] = []
+        self._lock = threading.Lock()
 
-    def _poll(self) -> None:
-        while True:  # a daemon thread: it ends with the process
-            self._producer.poll(0.1)  # runs delivery callbacks
+    def _delivered(self, err, msg) -> None:
+        if err is not None:
+            with self._lock:
+                self._failed.append((OutRecord(msg.topic(), msg.key(), msg.value() or b"",
+                                               msg.headers()), err))
 
-    def _produce(self, record: OutRecord, on_delivery) -> None:
+    def _produce(self, record: OutRecord) -> None:
         while True:
             try:
                 self._producer.produce(record.topic, key=record.key, value=record.value,
-                                       headers=record.headers, on_delivery=on_delivery)
+                                       headers=record.headers, on_delivery=self._delivered)
                 return
             except BufferError:  # local queue full: let deliveries drain (backpressure)
                 self._producer.poll(0.05)
 
-    async def send_all(self, records: list[OutRecord]) -> None:
-        """Returns once the broker has acknowledged every record, re-sending failed ones."""
+    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> None:
+        """Returns once the broker has acknowledged every record, re-sending failed ones with
+        backoff. With a timeout, raises TimeoutError when that cannot happen in time; without
+        one it keeps trying (the worker's shutdown grace bounds it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         attempt = 0
         while records:
-            batch = _BatchDelivery(asyncio.get_running_loop(), records)
             for record in records:
-                self._produce(record, batch.callback(record))
-            await batch.future
-            records = [record for record, _ in batch.failed]
+                self._produce(record)
+            while self._producer.flush(1.0) > 0:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
+            with self._lock:
+                failed, self._failed = self._failed, []
+            records = [record for record, _ in failed]
             if records:
                 attempt += 1
                 log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
-                            attempt, batch.failed[0][1])
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                            attempt, failed[0][1])
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(records)} records could not be delivered")
+                time.sleep(min(5.0, 0.2 * 2 ** attempt))
 
     def send_all_blocking(self, records: list[OutRecord], timeout: float = 120.0) -> None:
-        """The same guarantee for synchronous callers (`streams replay`): every record is
-        acknowledged when this returns; raises if that cannot happen within `timeout`."""
-        deadline = time.monotonic() + timeout
-        while records:
-            failed: list[OutRecord] = []
-            lock = threading.Lock()
-
-            def on_delivery(record):
-                def delivered(err, _msg):
-                    if err is not None:
-                        with lock:
-                            failed.append(record)
-                return delivered
-
-            for record in records:
-                self._produce(record, on_delivery(record))
-            if self._producer.flush(max(0.0, deadline - time.monotonic())) > 0:
-                raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
-            records = failed
-            if records and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(records)} records could not be delivered")
+        """`deliver` with a deadline, for operator commands (`streams replay`)."""
+        self.deliver(records, timeout=timeout)

@@ -16,12 +16,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, TopicPartition
 
 from .kafka import consumer as make_consumer
-from .pipeline import InRecord, Runtime, enrich_records
 from .settings import Settings
+
+if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
+    from .pipeline import InRecord, Runtime
 
 REPLAY_HEADER = "streams.replay.id"
 IDLE_END_S = 3.0  # a partition with nothing more to read for this long is at its end
@@ -102,8 +105,20 @@ def count_range(settings: Settings, topic: str, ranges: list[PartitionRange], st
 
 def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
                batch_size: int):
-    """Yield batches of records from each range's start (or the group's committed offset, to
-    resume) until a record at/after end_ms, or the partition's end. Commits nothing."""
+    """Yield batches of records (pipeline InRecords) from each range's start (or the group's
+    committed offset, to resume) until a record at/after end_ms, or the partition's end.
+    Commits nothing."""
+    from .pipeline import InRecord
+
+    for msgs in read_messages(cons, topic, ranges, end_ms, batch_size=batch_size):
+        yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
+                        list(m.headers() or [])) for m in msgs]
+
+
+def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
+                  batch_size: int):
+    """read_range's reading, as confluent_kafka Messages: for callers that need no pipeline
+    (importing it loads torch, seconds)."""
     tps = [TopicPartition(topic, r.partition) for r in ranges]
     committed = {tp.partition: tp.offset for tp in cons.committed(tps, timeout=15)}
     assign = [TopicPartition(topic, r.partition,
@@ -116,7 +131,7 @@ def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms:
     while position:
         msgs = cons.consume(batch_size, 0.5)
         now = time.monotonic()
-        batch: list[InRecord] = []
+        batch = []
         for msg in msgs:
             p = msg.partition()
             if msg.error() or p not in position:
@@ -128,8 +143,7 @@ def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms:
                 cons.pause([TopicPartition(topic, p)])
                 continue
             position[p] = msg.offset() + 1
-            batch.append(InRecord(msg.topic(), p, msg.offset(), ts, msg.key(), msg.value(),
-                                  list(msg.headers() or [])))
+            batch.append(msg)
         if batch:
             yield batch
         for p in list(position):  # at the end: past the start-time high watermark and idle
@@ -143,6 +157,8 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                on_batch=None) -> Progress:
     """Enrich the range, produce (acks=all), then commit what was produced; `limit` stops
     after that many events (the next run resumes after them)."""
+    from .pipeline import enrich_records
+
     route = settings.route(topic).model_copy(update={"output": output})
     version = ",".join(sorted({m.version for m in runtime.engine.models}))
     progress = Progress()
@@ -184,65 +200,144 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
     return progress
 
 
+class GroupActiveError(ValueError):
+    """The group has members (or is rebalancing): its offsets belong to them."""
+
+
+# Resetting is allowed only in these states, as kafka-consumer-groups --reset-offsets allows
+# ("Assignments can only be reset if the group is inactive"). Anything else refuses:
+# STABLE, a rebalance, and UNKNOWN (a state this client cannot name; the embedded tansu broker
+# reports "Unknown" and "Assigning" while a classic group rebalances).
+INACTIVE_STATES = frozenset({"EMPTY", "DEAD"})
+DESCRIBE_TIMEOUT_S = 15.0
+
+
+def _state_name(state) -> str:
+    return getattr(state, "name", None) or str(state).upper()
+
+
 def group_is_active(description) -> bool:
-    """Active as kafka-consumer-groups sees it: members joined, or a rebalance under way.
-    (The embedded tansu broker lists no members and always reports STABLE: it cannot tell.)"""
-    from confluent_kafka import ConsumerGroupState
+    """Active unless the group is EMPTY or DEAD with no members listed. `description` is a
+    confluent_kafka ConsumerGroupDescription, or None for a group the broker does not know.
 
-    rebalancing = {ConsumerGroupState.PREPARING_REBALANCING, ConsumerGroupState.COMPLETING_REBALANCING}
-    return bool(description.members) or description.state in rebalancing
+    The state decides even when no members are listed: the embedded tansu broker answers
+    librdkafka's ConsumerGroupDescribe (the KIP-848 API, which librdkafka >= 2.10 asks first)
+    for classic groups with an empty member list, so only its state tells a live group."""
+    if description is None:
+        return False
+    return bool(description.members) or _state_name(description.state) not in INACTIVE_STATES
 
 
-def _describe_group(settings: Settings, group: str, attempts: int = 4):
-    """A fresh client per attempt: a DescribeGroups request that gets no answer (seen on the
-    embedded broker) is retried rather than waited on; no answer at all means refuse."""
+def _describe_group(settings: Settings, group: str, timeout: float = DESCRIBE_TIMEOUT_S):
+    """The group's description, or None where the broker has no such group. The AdminClient
+    stays referenced until the answer is in: a dropped client never completes its futures
+    (which looked like a broker that stopped answering)."""
+    from confluent_kafka import KafkaError, KafkaException
+
     from .kafka import admin
 
-    for _ in range(attempts):
-        future = admin(settings).describe_consumer_groups([group], request_timeout=8)[group]
-        try:
-            return future.result(timeout=10)
-        except TimeoutError:
-            continue
-    raise ValueError(f"the broker did not describe group {group!r} ({attempts} tries): refusing")
+    client = admin(settings)
+    future = client.describe_consumer_groups([group], request_timeout=timeout)[group]
+    try:
+        return future.result(timeout=timeout + 5)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.GROUP_ID_NOT_FOUND:
+            return None
+        raise ValueError(f"could not describe group {group!r}: {exc.args[0].str()}: refusing") from exc
+    except TimeoutError:
+        raise ValueError(f"the broker did not describe group {group!r} within {timeout + 5:.0f}s: "
+                         "refusing") from None
 
 
 def refuse_if_active(settings: Settings, group: str) -> None:
-    if group_is_active(_describe_group(settings, group)):
-        raise ValueError(f"group {group!r} has active members: stop its workers first "
-                         "(as kafka-consumer-groups --reset-offsets requires)")
+    description = _describe_group(settings, group)
+    if group_is_active(description):
+        members = len(description.members)
+        listed = f", {members} member(s) listed" if members else ""
+        raise GroupActiveError(
+            f"group {group!r} is active (state {_state_name(description.state)}{listed}): "
+            "stop its workers first (as kafka-consumer-groups --reset-offsets requires)")
+
+
+def committed_offsets(settings: Settings, group: str, partitions: list[TopicPartition],
+                      timeout: float = DESCRIBE_TIMEOUT_S) -> dict[tuple[str, int], int]:
+    """The group's committed offset per (topic, partition); negative where it has none."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+
+    from .kafka import admin
+
+    client = admin(settings)
+    wanted = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+    future = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, wanted)],
+                                                request_timeout=timeout)[group]
+    try:
+        result = future.result(timeout=timeout + 5)
+    except KafkaException as exc:
+        raise ValueError(f"could not read group {group!r}'s offsets: {exc.args[0].str()}") from None
+    except TimeoutError:
+        raise ValueError(f"the broker did not list group {group!r}'s offsets within "
+                         f"{timeout + 5:.0f}s") from None
+    return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
 
 
 def offsets_at(settings: Settings, group: str, topics: list[str], when_ms: int) -> list[TopicPartition]:
-    """For each partition, the offset of the first record at/after `when_ms`, found by reading
-    from the broker's hint (which may be low) rather than trusting it. Reads as a throwaway
-    group; `group` is only named in errors."""
+    """For each partition, the offset of the first record at/after `when_ms` (the end where
+    there is none). The broker's ListOffsets-by-time answer is only where reading starts (it
+    may be low): each partition is read until its first record at/after the time, all
+    partitions of a topic together, as a throwaway group. `group` is only named in errors."""
     new: list[TopicPartition] = []
     cons = make_consumer(settings, f"streams-offsets-{uuid.uuid4().hex[:8]}")
     try:
         for topic in topics:
-            ranges = plan(settings, topic, when_ms, None, None)
-            for r in ranges:
-                found = r.end_hint  # nothing at/after the time: the end
-                for batch in read_range(cons, topic, [r], 2**62, batch_size=500):
-                    hit = next((x for x in batch if x.timestamp_ms is None or x.timestamp_ms >= when_ms), None)
-                    if hit is not None:
-                        found = hit.offset
-                        break
-                    found = batch[-1].offset + 1
-                new.append(TopicPartition(topic, r.partition, found))
+            try:
+                ranges = plan(settings, topic, when_ms, None, None)
+            except ValueError as exc:
+                raise ValueError(f"cannot reset group {group!r}: {exc}") from None
+            # read_messages stops a partition at its first record at/after when_ms (not yielded)
+            # or at its end: either way the offset after the last record yielded.
+            found = {r.partition: r.start for r in ranges}
+            for batch in read_messages(cons, topic, ranges, when_ms, batch_size=500):
+                for msg in batch:
+                    found[msg.partition()] = msg.offset() + 1
+            new.extend(TopicPartition(topic, p, o) for p, o in sorted(found.items()))
     finally:
         cons.close()
     return new
 
 
-def reset_offsets(settings: Settings, group: str, offsets: list[TopicPartition]) -> None:
-    """Call refuse_if_active first (the command does, once)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
+# What the group coordinator answers an admin offset commit while the group has members
+# (real Kafka and tansu alike): the broker's own guard against a member that joined after
+# refuse_if_active looked.
+_MEMBER_ERRORS = {"UNKNOWN_MEMBER_ID", "ILLEGAL_GENERATION", "REBALANCE_IN_PROGRESS"}
+
+
+def reset_offsets(settings: Settings, group: str, offsets: list[TopicPartition],
+                  timeout: float = DESCRIBE_TIMEOUT_S) -> None:
+    """Commit `offsets` for `group` (call refuse_if_active first; the command does, once).
+    Raises GroupActiveError where the broker refuses because the group has members, and
+    ValueError for any other partition the broker did not take."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
 
     from .kafka import admin
 
-    futures = admin(settings).alter_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group, offsets)], request_timeout=15)
-    for fut in futures.values():
-        fut.result()
+    client = admin(settings)
+    future = client.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)],
+                                                 request_timeout=timeout)[group]
+    try:
+        result = future.result(timeout=timeout + 5)
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.name() in _MEMBER_ERRORS:
+            raise GroupActiveError(f"the broker refused: group {group!r} has active members "
+                                   f"({err.name()}): stop its workers first") from None
+        raise ValueError(f"resetting group {group!r} failed: {err.str()}") from None
+    except TimeoutError:
+        raise ValueError(f"the broker did not answer the reset of group {group!r} within "
+                         f"{timeout + 5:.0f}s: offsets may or may not have moved") from None
+    failed = [tp for tp in result.topic_partitions if tp.error is not None]
+    if any(tp.error.name() in _MEMBER_ERRORS for tp in failed):
+        raise GroupActiveError(f"the broker refused: group {group!r} has active members "
+                               f"({failed[0].error.name()}): stop its workers first")
+    if failed:
+        detail = ", ".join(f"{tp.topic}[{tp.partition}]: {tp.error.str()}" for tp in failed)
+        raise ValueError(f"resetting group {group!r} failed for {detail}")

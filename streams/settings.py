@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(256, ge=1, description="events per micro-batch (stream.take_events)")
     model_batch: int = Field(32, ge=1, description="texts per forward pass")
     max_wait_s: float = Field(0.2, gt=0)
-    max_in_flight: int = Field(1024, ge=1, description="events buffered per stream ahead of the batch in progress")
+    max_in_flight: int = Field(8192, ge=1, description="records the consumer prefetches ahead of the batch in "
+                                                       "progress; fetching pauses beyond it (backpressure)")
     max_poll_interval_s: float = Field(300.0, description="above the slowest batch + produce, or the group rebalances")
     shutdown_grace_s: float = Field(25.0, description="on SIGTERM, time to finish the batch in flight; "
                                                       "keep below the pod's terminationGracePeriodSeconds")
@@ -112,8 +113,12 @@ class Settings(BaseSettings):
     schema_auto_register: bool = True
     schema_dir: Path = REPO_ROOT / "schemas"
 
-    health_port: int = Field(8080, description="HTTP port for /livez and /readyz; 0 disables it")
+    health_port: int = Field(8080, description="HTTP port for /livez, /readyz and /metrics; 0 disables it")
     health_bind: str = "0.0.0.0"
+
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line, "
+                                                                    "with trace_id/span_id inside a span")
+    log_level: str = Field("INFO", description="root log level; event text is never logged at INFO")
 
     max_text_bytes: int = Field(100_000, description="larger input values go to the DLQ")
 

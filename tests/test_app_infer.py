@@ -17,7 +17,7 @@ from typing import Sequence
 
 import pytest
 
-from streams.app import InferenceFailure, Runtime
+from streams.pipeline import InferenceFailure, Runtime
 from streams.engine import Classification, Inference, LabelSet
 
 POISON = "<poison>"

@@ -2,7 +2,10 @@
 
 import json
 
-from streams.app import faust_credentials
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer
+
+from streams.consume import ConsumerState, consumer_config
 from streams.settings import Settings
 
 
@@ -38,14 +41,14 @@ def test_sasl_settings_reach_both_clients_and_secrets_stay_hidden(monkeypatch):
     assert conf["security.protocol"] == "sasl_plaintext"
     assert (conf["sasl.mechanism"], conf["sasl.username"], conf["sasl.password"]) == (
         "SCRAM-SHA-512", "enricher", "s3cret-pw")
-    creds = faust_credentials(s)
-    assert (creds.username, creds.password, creds.mechanism.value) == ("enricher", "s3cret-pw", "SCRAM-SHA-512")
+    worker_conf = consumer_config(s, ConsumerState())  # the worker's consumer
+    assert (worker_conf["sasl.mechanism"], worker_conf["sasl.username"], worker_conf["sasl.password"]) == (
+        "SCRAM-SHA-512", "enricher", "s3cret-pw")
+    Consumer(worker_conf).close()  # librdkafka accepts the combination
     assert "s3cret-pw" not in repr(s) and "s3cret-pw" not in str(s.model_dump())
 
 
 def test_ssl_settings_reach_both_clients(monkeypatch):
-    import ssl
-
     import certifi
 
     monkeypatch.setenv("STREAMS_KAFKA_SECURITY_PROTOCOL", "SSL")
@@ -53,7 +56,11 @@ def test_ssl_settings_reach_both_clients(monkeypatch):
     s = Settings()
     conf = s.librdkafka_config()
     assert (conf["security.protocol"], conf["ssl.ca.location"]) == ("ssl", certifi.where())
-    creds = faust_credentials(s)
-    assert isinstance(creds.context, ssl.SSLContext)
-    assert creds.context.verify_mode == ssl.CERT_REQUIRED
-    assert creds.context.cert_store_stats()["x509_ca"] > 0  # the CA file was loaded
+    worker_conf = consumer_config(s, ConsumerState())
+    assert (worker_conf["security.protocol"], worker_conf["ssl.ca.location"]) == ("ssl", certifi.where())
+    # librdkafka loads the CA file when a client is created: a wrong path fails here.
+    Consumer(worker_conf).close()
+    Producer(conf)
+    monkeypatch.setenv("STREAMS_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem")
+    with pytest.raises(KafkaException, match="ssl.ca.location"):
+        Producer(Settings().librdkafka_config())

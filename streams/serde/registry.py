@@ -7,13 +7,16 @@ every process registers the same subjects in the same order (the settings' order
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 from functools import cached_property
 from pathlib import Path
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema, schemaless_writer
 
 
 class SchemaError(RuntimeError):
@@ -48,6 +51,7 @@ class SchemaCatalog:
         self.output_topics = list(output_topics)
         self.auto_register = auto_register
         self._ready = False
+        self._prefixes: dict[str, bytes] = {}
 
     @classmethod
     def from_settings(cls, settings) -> "SchemaCatalog":
@@ -91,8 +95,27 @@ class SchemaCatalog:
         self.ensure_registered()
         return AvroDeserializer(self.client)
 
+    @cached_property
+    def _enriched_parsed(self) -> dict:
+        return parse_schema(json.loads(self.enriched_schema.schema_str))
+
+    def _wire_prefix(self, topic: str) -> bytes:
+        prefix = self._prefixes.get(topic)
+        if prefix is None:
+            self.ensure_registered()
+            registered = self.client.lookup_schema(subject(topic), self.enriched_schema)
+            prefix = self._prefixes[topic] = struct.pack(">bI", 0, registered.schema_id)
+        return prefix
+
     def encode_enriched(self, record: dict, topic: str) -> bytes:
-        return self.enriched_serializer(record, SerializationContext(topic, MessageField.VALUE))
+        """Confluent wire format: magic byte 0, the subject's 4-byte schema id (looked up in
+        the registry once per topic), then Avro binary from fastavro. The same bytes as
+        `enriched_serializer` (tests/serde asserts it) at a third of its cost per record,
+        which spends most of its time on per-call subject and rule lookups."""
+        buf = io.BytesIO()
+        buf.write(self._wire_prefix(topic))
+        schemaless_writer(buf, self._enriched_parsed, record)
+        return buf.getvalue()
 
     def encode_input(self, record: dict, topic: str) -> bytes:
         return self.input_serializer(record, SerializationContext(topic, MessageField.VALUE))

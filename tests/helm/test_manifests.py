@@ -465,6 +465,32 @@ def test_configmap_carries_the_settings():
     assert all(isinstance(v, str) for v in cfg.values())
 
 
+def test_opentelemetry_settings(monkeypatch):
+    """Tracing is off by default; the chart's OTEL_* values configure the worker's exporters."""
+    from streams.telemetry import Telemetry
+
+    default = config(render("minimal"))
+    assert default["OTEL_TRACES_EXPORTER"] == "none" and default["STREAMS_LOG_FORMAT"] == "json"
+    cfg = config(render("minimal", "opentelemetry.tracesExporter=otlp",
+                        "opentelemetry.endpoint=http://otel-collector:4317",
+                        "opentelemetry.sampler=parentbased_traceidratio", "opentelemetry.samplerArg=0.05"))
+    assert cfg["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    for key, value in cfg.items():
+        if key.startswith("OTEL_"):
+            monkeypatch.setenv(key, value)
+    telemetry = Telemetry.from_environment(cfg["OTEL_SERVICE_NAME"], "g")
+    try:
+        assert telemetry.tracing_enabled
+    finally:
+        telemetry.shutdown()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", default["OTEL_TRACES_EXPORTER"])
+    off = Telemetry.from_environment("x", "g")
+    assert not off.tracing_enabled
+    off.shutdown()
+
+
 def test_configmap_settings_are_read_by_the_worker(monkeypatch):
     """Every STREAMS_* key the chart writes is a setting the worker knows, with a valid value."""
     from streams.settings import Settings
@@ -473,6 +499,8 @@ def test_configmap_settings_are_read_by_the_worker(monkeypatch):
         cfg = config(render(scenario))
         fields = set(Settings.model_fields)
         for key in cfg:
+            if key.startswith("OTEL_"):
+                continue  # read by streams.telemetry: test_opentelemetry_settings
             assert key.removeprefix("STREAMS_").lower() in fields, f"{scenario}: {key} is not a setting"
         for key in list(os.environ):
             if key.startswith("STREAMS_"):

@@ -36,7 +36,9 @@ def test_liveness_and_readiness(broker, tiny_models, model_cache, tmp_path):
             time.sleep(0.5)
         assert status == 200, worker.log()[-2000:]
         assert body["models_loaded"] and body["consumer_started"]
-        assert _get(scenario.health_port, "/livez") == (200, {"status": "ok"})
+        live_status, live = _get(scenario.health_port, "/livez")
+        assert live_status == 200 and live["status"] == "ok" and live["loop_alive"], live
+        assert body["joined_group"] and body["broker_reachable"]
         produce(scenario.settings, scenario.input, json_events(5, prefix="h"))
         got = collect(scenario.settings, scenario, until=lambda c: len(c.enriched_ids) >= 5)
         assert len(got.enriched_ids) == 5

@@ -1,4 +1,4 @@
-"""streams replay and streams offsets reset against the embedded broker."""
+"""streams replay against the embedded broker (streams offsets reset: test_offsets_reset.py)."""
 
 from __future__ import annotations
 
@@ -124,18 +124,3 @@ def test_empty_and_future_ranges_are_messages_not_errors(history):
                       "--to", _iso(stamps["a"] - HOUR))
     assert before_any.returncode == 0 and "nothing to replay" in before_any.stdout
 
-
-def test_offsets_reset_refuses_an_active_group():
-    """The refusal rule, on descriptions as real Kafka returns them. The embedded tansu broker
-    lists no members, reports STABLE forever and, after a few client processes have used the
-    group coordinator, stops answering DescribeGroups (the command then refuses): so `streams
-    offsets reset` is not exercised end to end here (see the issue 6 note)."""
-    from types import SimpleNamespace
-
-    from confluent_kafka import ConsumerGroupState
-
-    from streams.replay import group_is_active
-
-    assert group_is_active(SimpleNamespace(members=[object()], state=ConsumerGroupState.STABLE))
-    assert group_is_active(SimpleNamespace(members=[], state=ConsumerGroupState.PREPARING_REBALANCING))
-    assert not group_is_active(SimpleNamespace(members=[], state=ConsumerGroupState.EMPTY))

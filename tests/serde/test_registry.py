@@ -62,6 +62,25 @@ def test_confluent_framing(catalog, record):
     assert schema_id == catalog.client.get_latest_version(subject(OUTPUTS[0])).schema_id
 
 
+def test_fast_encoder_writes_the_confluent_serializers_bytes(catalog, record):
+    """encode_enriched bypasses AvroSerializer's per-call lookups; the bytes must not change.
+    One AvroSerializer per topic: a single instance shared across subjects reuses the last
+    subject's schema id (its `_schema_id` cache), which on a mock registry is the wrong id."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    no_entities = record | {"entities": []}
+    for _ in range(2):  # the second round hits every cache
+        for topic in OUTPUTS:
+            reference = AvroSerializer(catalog.client, catalog.enriched_schema,
+                                       conf={"auto.register.schemas": False})
+            ctx = SerializationContext(topic, MessageField.VALUE)
+            for rec in (record, no_entities):
+                assert catalog.encode_enriched(rec, topic) == reference(rec, ctx), topic
+    ids = {int.from_bytes(catalog.encode_enriched(record, t)[1:5], "big") for t in OUTPUTS}
+    assert ids == {catalog.client.get_latest_version(subject(t)).schema_id for t in OUTPUTS}
+
+
 def test_two_processes_agree_on_ids(record):
     """Two mock registries (two processes) register the same subjects in the same order."""
     producer, worker = make_catalog(), make_catalog()

@@ -1,0 +1,133 @@
+"""Metrics of the enrichment stream, through the OpenTelemetry metrics API (meter "streams").
+
+Every instrument carries the input topic (`messaging.destination.name`); the event counters,
+in-flight and lag also carry `messaging.destination.partition.id` (histograms do not: one
+bucket series per partition costs cardinality, and per-event recording time). Counts are added
+once per batch and partition, not once per event; only the end-to-end latency histogram takes
+one value per event. Prometheus names (through `Telemetry.prometheus_text()`): dots become underscores,
+counters end in `_total`, seconds in `_seconds`:
+
+| instrument (OTel)                | Prometheus                                   | kind           |
+|----------------------------------|----------------------------------------------|----------------|
+| streams.events.consumed          | streams_events_consumed_total                | counter        |
+| streams.events.enriched          | streams_events_enriched_total                | counter        |
+| streams.events.dead_lettered     | streams_events_dead_lettered_total{reason}   | counter        |
+| streams.events.tombstones        | streams_events_tombstones_total              | counter        |
+| streams.events.in_flight         | streams_events_in_flight                     | up-down counter|
+| streams.batch.size               | streams_batch_size_bucket/_sum/_count        | histogram      |
+| streams.inference.duration       | streams_inference_duration_seconds_*         | histogram      |
+| streams.event.latency            | streams_event_latency_seconds_*              | histogram      |
+| streams.produce.duration         | streams_produce_duration_seconds_*           | histogram      |
+| streams.consumer.lag             | streams_consumer_lag                         | gauge          |
+| streams.model.load.duration      | streams_model_load_duration_seconds          | gauge          |
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from operator import attrgetter
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from opentelemetry.metrics import Meter
+
+from .tracing import DESTINATION_NAME, PARTITION_ID
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..pipeline import InRecord
+
+METER_NAME = "streams"
+REASON = "reason"
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                     10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0, 600.0, 1800.0)
+
+_partition_of = attrgetter("partition")
+
+
+class StreamMetrics:
+    """The instruments, and the per-batch recording `enrich_records` does."""
+
+    def __init__(self, meter: Meter):
+        self.consumed = meter.create_counter(
+            "streams.events.consumed", unit="{event}", description="input records taken from Kafka")
+        self.enriched = meter.create_counter(
+            "streams.events.enriched", unit="{event}", description="enriched records produced")
+        self.dead_lettered = meter.create_counter(
+            "streams.events.dead_lettered", unit="{event}",
+            description="records sent to the dead-letter topic, by reason")
+        self.tombstones = meter.create_counter(
+            "streams.events.tombstones", unit="{event}", description="tombstones (null values) skipped")
+        self.in_flight = meter.create_up_down_counter(
+            "streams.events.in_flight", unit="{event}",
+            description="events consumed whose output is not yet acknowledged")
+        self.batch_size = meter.create_histogram(
+            "streams.batch.size", unit="{event}", description="records per micro-batch",
+            explicit_bucket_boundaries_advisory=BATCH_SIZE_BUCKETS)
+        self.inference_duration = meter.create_histogram(
+            "streams.inference.duration", unit="s", description="model time per micro-batch",
+            explicit_bucket_boundaries_advisory=INFERENCE_BUCKETS)
+        self.latency = meter.create_histogram(
+            "streams.event.latency", unit="s",
+            description="end to end: output ready minus the input record's timestamp",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+        self.produce_duration = meter.create_histogram(
+            "streams.produce.duration", unit="s",
+            description="a batch's produce until every record is acknowledged",
+            explicit_bucket_boundaries_advisory=INFERENCE_BUCKETS)
+        self.lag = meter.create_gauge(
+            "streams.consumer.lag", unit="{message}", description="high watermark minus position")
+        self.model_load = meter.create_gauge(
+            "streams.model.load.duration", unit="s", description="time to load the models at start-up")
+        self._attrs: dict[tuple, dict] = {}
+
+    def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
+        """Cached attribute dicts (the SDK keys its streams by them; do not mutate)."""
+        key = (topic, partition, reason)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = {DESTINATION_NAME: topic}
+            if partition is not None:
+                attrs[PARTITION_ID] = str(partition)
+            if reason is not None:
+                attrs[REASON] = reason
+            if len(self._attrs) < 10_000:  # bounded: topics x partitions x reasons
+                self._attrs[key] = attrs
+        return attrs
+
+    def record_batch(self, topic: str, records: Sequence["InRecord"], *,
+                     tombstone_partitions: Iterable[int] = (),
+                     dead: Iterable[tuple[int, str]] = (),
+                     inference_s: float | None = None, now_ms: float | None = None) -> None:
+        """One batch of `topic`: consumed, enriched, dead-lettered (by reason) and tombstone
+        counts per partition, its size, its inference time, and each output's end-to-end
+        latency. Every record is exactly one of enriched, dead-lettered or a tombstone."""
+        if not records:
+            return
+        attrs = self.attributes
+        consumed = Counter(map(_partition_of, records))
+        enriched = dict(consumed)
+        for partition, n in Counter(tombstone_partitions).items():
+            self.tombstones.add(n, attrs(topic, partition))
+            enriched[partition] -= n
+        for (partition, reason), n in Counter(dead).items():
+            self.dead_lettered.add(n, attrs(topic, partition, reason))
+            enriched[partition] -= n
+        for partition, n in consumed.items():
+            self.consumed.add(n, attrs(topic, partition))
+            if enriched[partition] > 0:
+                self.enriched.add(enriched[partition], attrs(topic, partition))
+        self.batch_size.record(len(records), attrs(topic))
+        if inference_s is not None:
+            self.inference_duration.record(inference_s, attrs(topic))
+        # One value per event: the SDK costs a few microseconds per call, and more per
+        # attribute, so latency carries the topic only (no per-partition bucket series).
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        latencies = [(now_ms - rec.timestamp_ms) / 1000 for rec in records
+                     if rec.timestamp_ms is not None and rec.value is not None]  # not tombstones
+        record, topic_attrs = self.latency.record, attrs(topic)
+        for seconds in latencies:
+            record(seconds if seconds > 0.0 else 0.0, topic_attrs)

@@ -1,0 +1,108 @@
+"""Commit order in the worker loop: a batch's offsets are committed only after the broker has
+acknowledged every output of that batch, and only up to the batch's last record.
+
+The loop is driven with stand-in consumer/producer objects that record the order of calls
+(the real clients cannot be made to fail on cue); the same loop against the real broker is
+covered by tests/integration (SIGKILL, poison, SIGTERM) and the BatchConsumer test below."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from streams.consume import BatchConsumer, ConsumerState
+from streams.engine import NoopEngine
+from streams.kafka import ensure_topics
+from streams.pipeline import InRecord, Runtime
+from streams.serde import SchemaCatalog
+from streams.settings import Settings
+from streams.telemetry import Telemetry
+from streams.worker import EnrichmentLoop
+from tests.fixtures.kafka_io import produce
+
+TOPIC = "orders.notes"
+
+
+def _value(i: int) -> bytes:
+    return json.dumps({"event_id": f"e{i}", "text": "leave it at the door"}).encode()
+
+
+class CallLog:
+    def __init__(self, fail_delivery: bool = False):
+        self.calls: list[tuple] = []
+        self.fail_delivery = fail_delivery
+        self.state = ConsumerState()
+
+    # producer side
+    def deliver(self, records, timeout=None):
+        self.calls.append(("deliver", len(records)))
+        if self.fail_delivery:
+            raise TimeoutError("broker gone")
+
+    # consumer side
+    def commit(self, records):
+        self.calls.append(("commit", sorted({(r.partition, r.offset) for r in records})[-1]))
+        return True
+
+
+@pytest.fixture
+def runtime():
+    settings = Settings()
+    catalog = SchemaCatalog(f"mock://loop-{uuid.uuid4().hex}", settings.schema_dir,
+                            [r.input for r in settings.topics], [r.output for r in settings.topics])
+    rt = Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
+    return rt
+
+
+def _records(n: int, partition: int = 0) -> list[InRecord]:
+    return [InRecord(TOPIC, partition, 10 + i, 1_700_000_000_000, b"k", _value(i)) for i in range(n)]
+
+
+def test_commit_comes_after_every_output_is_acknowledged(runtime):
+    log = CallLog()
+    runtime.producer = log
+    loop = EnrichmentLoop(runtime, consumer=log)
+    batch = _records(5) + [InRecord(TOPIC, 1, 3, None, b"bad", b"{not json")]
+    loop.process(batch)
+    assert log.calls == [("deliver", 6), ("commit", (1, 3))]  # 5 enriched + 1 dead letter, then commit
+
+
+def test_a_batch_that_cannot_be_delivered_is_not_committed(runtime):
+    log = CallLog(fail_delivery=True)
+    runtime.producer = log
+    loop = EnrichmentLoop(runtime, consumer=log)
+    with pytest.raises(TimeoutError):
+        loop.process(_records(3))
+    assert [c[0] for c in log.calls] == ["deliver"]
+
+
+def test_batch_consumer_commits_the_offset_after_each_partitions_last_record(broker):
+    """Real broker: take a batch, commit it, and a new member of the group resumes after it."""
+    name = f"bc{uuid.uuid4().hex[:6]}"
+    settings = Settings(kafka_bootstrap=broker.bootstrap, app_id=f"g-{name}", kafka_session_timeout_s=6,
+                        topics=[{"input": name}], max_batch=7, max_wait_s=0.5, topic_partitions=1)
+    ensure_topics(settings)
+    produce(settings, name, [(f"k{i}".encode(), _value(i)) for i in range(10)])
+
+    first = BatchConsumer(settings, [name])
+    batch: list[InRecord] = []
+    for _ in range(60):
+        batch = first.take()
+        if batch:
+            break
+    assert [r.offset for r in batch] == list(range(7))  # count-bounded: max_batch
+    assert first.state.joined and first.state.assigned == [(name, 0)]
+    assert first.commit(batch)
+    first.close()
+
+    second = BatchConsumer(settings, [name])
+    rest: list[InRecord] = []
+    for _ in range(60):
+        rest += second.take()
+        if len(rest) >= 3:
+            break
+    second.close()
+    assert [r.offset for r in rest] == [7, 8, 9]
+    assert rest[0].value == _value(7) and rest[0].key == b"k7" and rest[0].timestamp_ms
