@@ -245,6 +245,7 @@ def bench(
     duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
                                            "reporting worker RSS growth after warm-up"),
     rate: float = typer.Option(30.0, help="events/s offered during --duration"),
+    rounds: int = typer.Option(2, help="end-to-end runs of each kind (untraced, traced), alternated; figures are their mean"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
 ) -> None:
@@ -264,7 +265,7 @@ def bench(
             raise typer.Exit(1)
         return
 
-    r = b.run(texts, events, ceiling_events, out, traced=traced)
+    r = b.run(texts, events, ceiling_events, out, traced=traced, rounds=rounds)
     table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
     for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
         table.add_column(col, justify="right" if col != "run" else "left")
@@ -345,19 +346,26 @@ def replay(
     except ValueError as exc:
         _fail(str(exc))
     rid = rp.replay_id(topic, from_ or f"offset:{from_offset}", to, chosen, output, model_version)
-    counts = rp.count_range(settings, topic, ranges, start_ms, end_ms)
+    try:
+        resumed = rp.replayed_offsets(settings, topic, ranges, rid)
+    except ValueError as exc:
+        _fail(str(exc))
+    counts, done = rp.count_range(settings, topic, ranges, start_ms, end_ms, done_below=resumed)
     table = Table(title=f"replay {rid}: {topic} -> {output}, {start.isoformat()} .. {end.isoformat()}")
-    for col in ("partition", "start offset", "end offset (at start)", "records in range"):
+    for col in ("partition", "start offset", "end offset (at start)", "records in range", "already replayed"):
         table.add_column(col, justify="right")
     for r in ranges:
-        table.add_row(str(r.partition), str(r.start), str(r.end_hint), str(counts[r.partition]))
+        table.add_row(str(r.partition), str(r.start), str(r.end_hint), str(counts[r.partition]),
+                      str(done[r.partition]))
     console.print(table)
-    total = sum(counts.values())
+    total, total_done = sum(counts.values()), sum(done.values())
     if total == 0:
         console.print("nothing to replay: no records in that range")
         return
+    if total_done:
+        console.print(f"resuming replay {rid}: {total_done} of {total} records were replayed by an earlier run")
     if dry_run:
-        console.print(f"dry run: {total} records would be re-enriched; nothing written")
+        console.print(f"dry run: {total - total_done} records would be re-enriched; nothing written")
         return
 
     from .pipeline import Runtime
@@ -366,7 +374,8 @@ def replay(
     started = time.perf_counter()
     with Progress(TextColumn("partition {task.fields[p]}"), BarColumn(), MofNCompleteColumn(),
                   console=console) as bars:
-        tasks = {r.partition: bars.add_task("", total=counts[r.partition], p=r.partition) for r in ranges}
+        tasks = {r.partition: bars.add_task("", total=counts[r.partition], completed=done[r.partition],
+                                            p=r.partition) for r in ranges}
 
         def advance(progress, batch):
             for rec in batch:

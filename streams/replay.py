@@ -89,38 +89,56 @@ def plan(settings: Settings, topic: str, start_ms: int | None, partitions: list[
 
 
 def count_range(settings: Settings, topic: str, ranges: list[PartitionRange], start_ms: int,
-                end_ms: int) -> dict[int, int]:
-    """Records per partition inside the time range (read, not estimated: offsets may lie)."""
+                end_ms: int, done_below: dict[int, int] | None = None) -> tuple[dict[int, int], dict[int, int]]:
+    """Records per partition inside the time range (read, not estimated: offsets may lie), and
+    how many of them lie below `done_below[partition]`: what an interrupted run of this replay
+    already enriched (its group's committed offsets)."""
     counts = {r.partition: 0 for r in ranges}
+    done = {r.partition: 0 for r in ranges}
+    below = done_below or {}
     cons = make_consumer(settings, f"streams-replay-count-{uuid.uuid4().hex[:8]}")
     try:
-        for batch in read_range(cons, topic, ranges, end_ms, batch_size=1000):
+        for batch in read_range(cons, topic, ranges, end_ms, batch_size=1000, resume=False):
             for r in batch:
                 if r.timestamp_ms is None or r.timestamp_ms >= start_ms:
                     counts[r.partition] += 1
+                    if r.offset < below.get(r.partition, -1):
+                        done[r.partition] += 1
     finally:
         cons.close()
-    return counts
+    return counts, done
+
+
+def replayed_offsets(settings: Settings, topic: str, ranges: list[PartitionRange], rid: str) -> dict[int, int]:
+    """Where an earlier run of this replay stopped: its group's committed offset per partition
+    (none: not started)."""
+    committed = committed_offsets(settings, replay_group(rid),
+                                  [TopicPartition(topic, r.partition) for r in ranges])
+    return {p: o for (_, p), o in committed.items() if o >= 0}
+
+
+def replay_group(rid: str) -> str:
+    return f"streams-replay-{rid}"
 
 
 def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
-               batch_size: int):
-    """Yield batches of records (pipeline InRecords) from each range's start (or the group's
-    committed offset, to resume) until a record at/after end_ms, or the partition's end.
-    Commits nothing."""
+               batch_size: int, resume: bool = True):
+    """Yield batches of records (pipeline InRecords) from each range's start (or, with
+    `resume`, the group's committed offset) until a record at/after end_ms, or the
+    partition's end. Commits nothing."""
     from .pipeline import InRecord
 
-    for msgs in read_messages(cons, topic, ranges, end_ms, batch_size=batch_size):
+    for msgs in read_messages(cons, topic, ranges, end_ms, batch_size=batch_size, resume=resume):
         yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
                         list(m.headers() or [])) for m in msgs]
 
 
 def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
-                  batch_size: int):
+                  batch_size: int, resume: bool = True):
     """read_range's reading, as confluent_kafka Messages: for callers that need no pipeline
     (importing it loads torch, seconds)."""
     tps = [TopicPartition(topic, r.partition) for r in ranges]
-    committed = {tp.partition: tp.offset for tp in cons.committed(tps, timeout=15)}
+    committed = {tp.partition: tp.offset for tp in cons.committed(tps, timeout=15)} if resume else {}
     assign = [TopicPartition(topic, r.partition,
                              committed[r.partition] if committed.get(r.partition, -1) >= 0 else r.start)
               for r in ranges]
@@ -162,7 +180,7 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
     route = settings.route(topic).model_copy(update={"output": output})
     version = ",".join(sorted({m.version for m in runtime.engine.models}))
     progress = Progress()
-    cons = make_consumer(settings, f"streams-replay-{rid}")
+    cons = make_consumer(settings, replay_group(rid))
 
     def headers(rec: InRecord) -> list[tuple[str, bytes]]:
         return [(REPLAY_HEADER, rid.encode()),

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAGIC_BYTE = 0
 
@@ -28,7 +28,7 @@ class InputEvent(BaseModel):
     event_type: str | None = None
     occurred_at: datetime | None = None
     customer_id: str | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)  # a factory: no deepcopy per event
 
     @field_validator("event_id", "text")
     @classmethod

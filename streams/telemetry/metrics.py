@@ -3,8 +3,13 @@
 Every instrument carries the input topic (`messaging.destination.name`); the event counters,
 in-flight and lag also carry `messaging.destination.partition.id` (histograms do not: one
 bucket series per partition costs cardinality, and per-event recording time). Counts are added
-once per batch and partition, not once per event; only the end-to-end latency histogram takes
-one value per event. Prometheus names (through `Telemetry.prometheus_text()`): dots become underscores,
+once per batch and partition, not once per event. The end-to-end latency histogram takes one
+value per event for batches of up to `LATENCY_SAMPLES_PER_BATCH` (32) events; from a larger
+batch it takes 32 evenly spaced quantiles of the batch's latencies (its fastest and slowest
+included). The OpenTelemetry SDK costs ~9 µs per recorded value, 15 % of the no-op stream's
+CPU per event at 256-event batches; the quantiles keep the distribution, so its buckets, mean
+and percentiles hold, while its `_count` counts samples (count events with the counters).
+Prometheus names (through `Telemetry.prometheus_text()`): dots become underscores,
 counters end in `_total`, seconds in `_seconds`:
 
 | instrument (OTel)                | Prometheus                                   | kind           |
@@ -45,7 +50,19 @@ INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0)
 
+LATENCY_SAMPLES_PER_BATCH = 32
+
 _partition_of = attrgetter("partition")
+
+
+def latency_samples(latencies: list[float], k: int = LATENCY_SAMPLES_PER_BATCH) -> list[float]:
+    """All values when there are at most `k`, else `k` evenly spaced quantiles (min and max
+    included): what a batch's latencies look like, at a bounded cost per batch."""
+    if len(latencies) <= k:
+        return latencies
+    ordered = sorted(latencies)
+    last = len(ordered) - 1
+    return [ordered[round(i * last / (k - 1))] for i in range(k)]
 
 
 class StreamMetrics:
@@ -103,8 +120,9 @@ class StreamMetrics:
                      dead: Iterable[tuple[int, str]] = (),
                      inference_s: float | None = None, now_ms: float | None = None) -> None:
         """One batch of `topic`: consumed, enriched, dead-lettered (by reason) and tombstone
-        counts per partition, its size, its inference time, and each output's end-to-end
-        latency. Every record is exactly one of enriched, dead-lettered or a tombstone."""
+        counts per partition, its size, its inference time, and its outputs' end-to-end
+        latencies (`latency_samples`). Every record is exactly one of enriched, dead-lettered
+        or a tombstone."""
         if not records:
             return
         attrs = self.attributes
@@ -123,11 +141,11 @@ class StreamMetrics:
         self.batch_size.record(len(records), attrs(topic))
         if inference_s is not None:
             self.inference_duration.record(inference_s, attrs(topic))
-        # One value per event: the SDK costs a few microseconds per call, and more per
-        # attribute, so latency carries the topic only (no per-partition bucket series).
+        # The SDK costs ~9 µs per call, and more per attribute, so latency carries the topic
+        # only (no per-partition bucket series) and large batches are sampled.
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         latencies = [(now_ms - rec.timestamp_ms) / 1000 for rec in records
                      if rec.timestamp_ms is not None and rec.value is not None]  # not tombstones
         record, topic_attrs = self.latency.record, attrs(topic)
-        for seconds in latencies:
+        for seconds in latency_samples(latencies):
             record(seconds if seconds > 0.0 else 0.0, topic_attrs)

@@ -109,9 +109,13 @@ def test_interrupted_replay_resumes_without_gaps(history):
     first = _cli(scenario, *args, "--limit", "7")
     assert first.returncode == 0, first.stderr
     assert "read 7," in first.stdout
+    dry = _cli(scenario, *args, "--dry-run")  # what is left, from the replay group's offsets
+    assert dry.returncode == 0, dry.stderr
+    assert "7 of 30 records were replayed by an earlier run" in dry.stdout
+    assert "23 records would be re-enriched" in dry.stdout
     second = _cli(scenario, *args)
     assert second.returncode == 0, second.stderr
-    assert "read 23," in second.stdout
+    assert "resuming replay" in second.stdout and "read 23," in second.stdout
     ids = [r["event_id"] for r, h in _replayed(scenario) if h["streams.replay.model.version"] == b"v3-resume"]
     assert sorted(ids) == sorted(f"c-{i}" for i in range(30))  # every one, exactly once
 

@@ -100,3 +100,33 @@ def test_lookup_only_against_empty_registry_fails_at_start():
     catalog = make_catalog(auto_register=False)
     with pytest.raises(SchemaError, match=r"orders\.notes-value"):
         catalog.ensure_registered()
+
+
+def test_fast_decoder_reads_what_the_confluent_deserializer_reads(catalog, record):
+    """decode() skips AvroDeserializer's per-call subject and rule lookups; its records must
+    not change, for enriched records and Avro inputs alike."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    reference = AvroDeserializer(catalog.client)
+    values = [(catalog.encode_enriched(record, OUTPUTS[1]), OUTPUTS[1]),
+              (catalog.encode_enriched(record | {"entities": [], "occurred_at": None}, OUTPUTS[0]), OUTPUTS[0]),
+              (catalog.encode_input({"event_id": "e", "text": "hello", "metadata": {"k": "v"}}, INPUTS[1]), INPUTS[1])]
+    for _ in range(2):  # the second round reads the cached writer schemas
+        for value, topic in values:
+            assert catalog.decode(value, topic) == reference(value, SerializationContext(topic, MessageField.VALUE))
+
+
+def test_fast_decoder_errors(catalog, record):
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+    from confluent_kafka.serialization import SerializationError
+
+    with pytest.raises(SchemaRegistryError, match="40400"):
+        catalog.decode(b"\x00" + (9999).to_bytes(4, "big") + b"\x02e\x04hi", OUTPUTS[1])
+    with pytest.raises(SerializationError):
+        catalog.decode(b"\x00\x00\x00\x00\x01", OUTPUTS[1])  # a header and no body
+    with pytest.raises(SerializationError):
+        catalog.decode(b'{"event_id": "e"}', OUTPUTS[1])  # JSON, not Confluent Avro
+    value = catalog.encode_enriched(record, OUTPUTS[1])
+    with pytest.raises(Exception):
+        catalog.decode(value[:-10], OUTPUTS[1])  # truncated body

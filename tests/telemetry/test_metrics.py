@@ -168,3 +168,23 @@ def test_prometheus_on_by_default_and_empty_when_sdk_disabled(monkeypatch):
     disabled.add_in_flight(3, TOPIC)  # no-op instruments
     body, content_type = disabled.prometheus_text()
     assert body == b"" and content_type.startswith("text/plain")
+
+
+def test_latency_of_a_large_batch_is_sampled_by_quantiles(runtime, settings, captured):
+    """A 300-event batch records 32 latencies: its fastest and slowest, evenly spread between."""
+    from streams.telemetry.metrics import LATENCY_SAMPLES_PER_BATCH, latency_samples
+
+    now_ms = int(time.time() * 1000)
+    batch = [record(i, event(f"q{i}"), timestamp_ms=now_ms - 1000 - 10 * i) for i in range(300)]
+    enrich_records(runtime, settings.route(TOPIC), batch)
+    found = points(captured.metrics)
+    (latency,) = found["streams.event.latency"]
+    assert latency.count == LATENCY_SAMPLES_PER_BATCH
+    assert latency.min == pytest.approx(1.0, abs=0.5)          # the newest record
+    assert latency.max == pytest.approx(1.0 + 2.99, abs=0.5)   # the oldest record
+    assert latency.sum / latency.count == pytest.approx(1.0 + 1.495, abs=0.5)  # the mean holds
+    assert sum(p.value for p in found["streams.events.consumed"]) == 300  # counters stay exact
+    values = [float(v) for v in range(100)]
+    assert latency_samples(values[:32]) == values[:32]
+    sampled = latency_samples(values)
+    assert len(sampled) == 32 and sampled[0] == 0.0 and sampled[-1] == 99.0 and sampled == sorted(sampled)
