@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     model_version: str | None = Field(None, description="overrides the version written to output")
     model_cache: Path = Path.home() / ".cache" / "streams" / "models"
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    overlap_tokenization: bool | None = Field(
+        None, description="tokenize for the classifier in a background thread while the entity "
+                          "model runs; unset: on with a CUDA device, off on CPU")
 
     # Avro output through a Confluent schema registry; mock:// lives inside one process.
     schema_registry_url: str = "mock://streams"

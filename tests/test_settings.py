@@ -64,3 +64,52 @@ def test_ssl_settings_reach_both_clients(monkeypatch):
     monkeypatch.setenv("STREAMS_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem")
     with pytest.raises(KafkaException, match="ssl.ca.location"):
         Producer(Settings().librdkafka_config())
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("true", True), ("false", False), ("1", True)])
+def test_overlap_tokenization_setting(monkeypatch, value, expected):
+    monkeypatch.delenv("STREAMS_OVERLAP_TOKENIZATION", raising=False)
+    if value is not None:
+        monkeypatch.setenv("STREAMS_OVERLAP_TOKENIZATION", value)
+    assert Settings().overlap_tokenization is expected  # unset: auto (on with CUDA, off on CPU)
+
+
+def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkeypatch):
+    """Runtime.load hands the setting to Engine.load and warms the models up before any event."""
+    from streams import pipeline
+    from streams.telemetry import Telemetry
+
+    calls: list = []
+
+    class FakeEngine:
+        device, load_seconds, models = "cpu", 1.0, []
+
+        def warm_up(self):
+            calls.append("warm_up")
+            self.load_seconds += 0.5
+            return 0.5
+
+    def load(*args, **kwargs):
+        calls.append(("load", kwargs["overlap_tokenization"]))
+        return FakeEngine()
+
+    class Stub:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def ensure_registered(self):
+            pass
+
+    monkeypatch.setattr(pipeline, "ensure_topics", lambda s: None)  # no broker here
+    monkeypatch.setattr(pipeline.SchemaCatalog, "from_settings", classmethod(lambda cls, s: Stub()))
+    monkeypatch.setattr(pipeline, "AckingProducer", Stub)
+    monkeypatch.setattr(pipeline.Engine, "load", load)
+    monkeypatch.setenv("STREAMS_OVERLAP_TOKENIZATION", "true")
+    runtime = pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
+    assert calls == [("load", True), "warm_up"]
+    assert runtime.engine.load_seconds == 1.5  # the warm-up counts as loading
+    runtime.executor.shutdown()
+    calls.clear()
+    monkeypatch.setenv("STREAMS_ENGINE", "noop")  # no models, nothing to warm up
+    pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled()).executor.shutdown()
+    assert calls == []

@@ -4,6 +4,7 @@ Faust or Avro, so it can be tested and benchmarked with no broker running."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Sequence
 
@@ -18,20 +19,30 @@ __all__ = ["Engine", "NoopEngine", "Entity", "Classification", "Inference", "Lab
 
 
 class Engine:
-    """Entity extraction + classification for a batch of texts, in one call."""
+    """Entity extraction + classification for a batch of texts, in one call.
+
+    With `overlap_tokenization`, the classifier's windows are tokenized in a background thread
+    (one, owned by the engine) while the entity model's forward passes run: fast tokenizers
+    release the GIL while they encode. It pays when the forward passes run on a GPU; on CPU
+    torch already keeps every core busy."""
 
     def __init__(self, extractor: EntityExtractor, classifier, models: list[ModelInfo], device,
-                 load_seconds: float = 0.0):
+                 load_seconds: float = 0.0, *, overlap_tokenization: bool = False):
         self.extractor = extractor
         self.classifier = classifier
         self.models = models
         self.device = device
         self.load_seconds = load_seconds
+        self.overlap_tokenization = overlap_tokenization
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") \
+            if overlap_tokenization else None
 
     @classmethod
     def load(cls, ner: str = DEFAULT_NER, classifier: str = DEFAULT_CLASSIFIER, *,
              cache_dir: Path, device: str = "auto", max_batch: int = 32,
-             max_tokens: int = 8192, model_version: str | None = None) -> "Engine":
+             max_tokens: int = 8192, model_version: str | None = None,
+             overlap_tokenization: bool | None = None) -> "Engine":
+        """`overlap_tokenization`: None (auto) turns it on for a CUDA device, off on CPU."""
         started = time.perf_counter()
         dev = choose_device(device)
         dtype = choose_dtype(dev)
@@ -54,14 +65,49 @@ class Engine:
         models = [ner_info, cls_info]
         if model_version:
             models = [ModelInfo(m.task, m.name, model_version) for m in models]
-        return cls(extractor, clf, models, dev, time.perf_counter() - started)
+        overlap = dev.type == "cuda" if overlap_tokenization is None else overlap_tokenization
+        return cls(extractor, clf, models, dev, time.perf_counter() - started,
+                   overlap_tokenization=overlap)
+
+    def warm_up(self, largest: bool | None = None) -> float:
+        """Runs each model once on the largest batch shapes the batching can produce, so the
+        accelerator's caching allocator reserves its largest buffers at start-up (memory
+        stays steady afterwards, and an out-of-memory shows here, not at the first big batch).
+
+        `largest=None`: on an accelerator only. On CPU the allocator keeps nothing to reserve
+        and those passes would cost seconds at start-up, so each model runs one small batch
+        instead (its lazy set-up). Returns the duration, which is also added to
+        `load_seconds`: it is part of getting ready."""
+        if largest is None:
+            largest = self.device.type != "cpu"
+        started = time.perf_counter()
+        self.extractor.warm_up(largest)
+        self.classifier.warm_up(largest)
+        seconds = time.perf_counter() - started
+        self.load_seconds += seconds
+        return seconds
 
     def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
         if not texts:
             return []
-        entities = self.extractor.extract(texts)
-        classes = self.classifier.classify(texts, labels)
+        if self._tokenizer_thread is None:
+            entities = self.extractor.extract(texts)
+            classes = self.classifier.classify(texts, labels)
+        else:
+            windows = self._tokenizer_thread.submit(self.classifier.tokenize, list(texts))
+            try:
+                entities = self.extractor.extract(texts)
+            except BaseException:
+                windows.cancel()
+                wait([windows])  # never leave the classifier's tokenizer busy behind a failure
+                raise
+            classes = self.classifier.classify(texts, labels, windows=windows.result())
         return [Inference(e, c) for e, c in zip(entities, classes)]
+
+    def close(self) -> None:
+        """Stops the tokenizer thread, if any."""
+        if self._tokenizer_thread is not None:
+            self._tokenizer_thread.shutdown(wait=True)
 
 
 class NoopEngine:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from .batching import length_batches, pad, tokenize_windows
+from .batching import Window, forward_batches, length_batches, tokenize_windows, warm_up_forward
 from .ner import _max_length
 from .types import Classification, LabelSet
 
@@ -40,21 +40,34 @@ class _WindowedEncoder:
         self.max_length, self.max_batch, self.max_tokens = max_length, max_batch, max_tokens
         self.stride = min(stride, max_length // 4)
 
+    def tokenize(self, texts: Sequence[str]) -> list[Window]:
+        """The windows `pooled` would make of `texts`. Uses only this encoder's tokenizer, so
+        it may run in another thread while the other model works (Engine.infer)."""
+        return tokenize_windows(self.tokenizer, texts, self.max_length, self.stride)
+
     @torch.inference_mode()
-    def pooled(self, texts: Sequence[str], forward) -> np.ndarray:
-        windows = tokenize_windows(self.tokenizer, texts, self.max_length, self.stride)
+    def pooled(self, texts: Sequence[str], forward, windows: Sequence[Window] | None = None) -> np.ndarray:
+        """One vector per text; `windows`: `tokenize(texts)` made beforehand, else made here."""
+        if windows is None:
+            windows = self.tokenize(texts)
         sums: list[np.ndarray | None] = [None] * len(texts)
         weights = np.zeros(len(texts))
-        for batch in length_batches(windows, self.max_batch, self.max_tokens):
-            chunk = [windows[i] for i in batch]
-            inputs = pad(chunk, self.tokenizer.pad_token_id or 0, self.device)
-            vectors = forward(inputs).float().cpu().numpy()
-            for window, vec in zip(chunk, vectors):
+        batches = length_batches(windows, self.max_batch, self.max_tokens)
+        # The next batch's forward pass is already launched while this one is accumulated.
+        for batch, vectors in forward_batches(windows, batches, forward,
+                                              self.tokenizer.pad_token_id or 0, self.device):
+            for i, vec in zip(batch, vectors):
+                window = windows[i]
                 w = len(window.input_ids)
                 t = window.text_index
                 sums[t] = vec * w if sums[t] is None else sums[t] + vec * w
                 weights[t] += w
         return np.stack(sums) / weights[:, None]
+
+    def warm_up(self, forward, largest: bool = True) -> None:
+        """One forward pass per extreme batch shape (see Engine.warm_up)."""
+        warm_up_forward(forward, self.tokenizer.pad_token_id or 0, self.device,
+                        self.max_batch, self.max_tokens, self.max_length, largest)
 
 
 class ZeroShotClassifier:
@@ -81,16 +94,24 @@ class ZeroShotClassifier:
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean pooling
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        vectors = self.encoder.pooled(texts, self._embed_batch)
+    def tokenize(self, texts: Sequence[str]) -> list[Window]:
+        return self.encoder.tokenize(texts)
+
+    def warm_up(self, largest: bool = True) -> None:
+        self.encoder.warm_up(self._embed_batch, largest)
+
+    def embed(self, texts: Sequence[str], windows: Sequence[Window] | None = None) -> np.ndarray:
+        vectors = self.encoder.pooled(texts, self._embed_batch, windows)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
-    def classify(self, texts: Sequence[str], labels: LabelSet | None) -> list[Classification]:
+    def classify(self, texts: Sequence[str], labels: LabelSet | None,
+                 windows: Sequence[Window] | None = None) -> list[Classification]:
+        """`windows`: `tokenize(texts)`, when it was made beforehand (Engine.infer)."""
         if labels is None or not labels.descriptions:
             raise ValueError("zero-shot classification needs a label set for the topic")
         if labels not in self._label_cache:  # label descriptions are embedded once per topic
             self._label_cache[labels] = self.embed([d for _, d in labels.descriptions])
-        sims = self.embed(texts) @ self._label_cache[labels].T
+        sims = self.embed(texts, windows) @ self._label_cache[labels].T
         probs = _softmax(sims / self.temperature)
         return [_result(labels.labels, p) for p in probs]
 
@@ -108,6 +129,17 @@ class SequenceClassifier:
         self.encoder = _WindowedEncoder(tokenizer, self.model, device,
                                         _max_length(tokenizer, self.model.config), max_batch, max_tokens)
 
-    def classify(self, texts: Sequence[str], labels: LabelSet | None = None) -> list[Classification]:
-        logits = self.encoder.pooled(texts, lambda inputs: self.model(**inputs).logits)
+    def _logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**inputs).logits
+
+    def tokenize(self, texts: Sequence[str]) -> list[Window]:
+        return self.encoder.tokenize(texts)
+
+    def warm_up(self, largest: bool = True) -> None:
+        self.encoder.warm_up(self._logits, largest)
+
+    def classify(self, texts: Sequence[str], labels: LabelSet | None = None,
+                 windows: Sequence[Window] | None = None) -> list[Classification]:
+        """`windows`: `tokenize(texts)`, when it was made beforehand (Engine.infer)."""
+        logits = self.encoder.pooled(texts, self._logits, windows)
         return [_result(self.labels, p) for p in _softmax(logits)]

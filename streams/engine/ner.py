@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
 
-from .batching import Window, length_batches, pad, tokenize_windows
+from .batching import Window, forward_batches, length_batches, tokenize_windows, warm_up_forward
 from .types import Entity
 
 # Labels whose pieces are merged only when they touch (no whitespace between): two emails
@@ -61,14 +61,17 @@ class EntityExtractor:
         self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer,
                                                      device=device)
 
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**inputs).logits
+
     @torch.inference_mode()
     def extract(self, texts: Sequence[str]) -> list[list[Entity]]:
         windows = tokenize_windows(self.tokenizer, texts, self.max_length, self.stride)
         per_window: list[list[dict]] = [[] for _ in windows]
-        for batch in length_batches(windows, self.max_batch, self.max_tokens):
-            chunk = [windows[i] for i in batch]
-            logits = self.model(**pad(chunk, self.tokenizer.pad_token_id or 0, self.device)).logits
-            logits = logits.float().cpu().numpy()
+        batches = length_batches(windows, self.max_batch, self.max_tokens)
+        # The next batch's forward pass is already launched while this one is post-processed.
+        for batch, logits in forward_batches(windows, batches, self._forward,
+                                             self.tokenizer.pad_token_id or 0, self.device):
             for i, window_logits in zip(batch, logits):
                 per_window[i] = self._window_entities(texts[windows[i].text_index], windows[i], window_logits)
         # Windows come back in length order; regroup them per text, in text order.
@@ -76,6 +79,11 @@ class EntityExtractor:
         for window, found in zip(windows, per_window):
             per_text[window.text_index].append(found)
         return [self._combine(text, parts) for text, parts in zip(texts, per_text)]
+
+    def warm_up(self, largest: bool = True) -> None:
+        """One forward pass per extreme batch shape (see Engine.warm_up)."""
+        warm_up_forward(self._forward, self.tokenizer.pad_token_id or 0, self.device,
+                        self.max_batch, self.max_tokens, self.max_length, largest)
 
     def _window_entities(self, text: str, window: Window, logits: np.ndarray) -> list[dict]:
         """The pipeline's own postprocessing for one window: softmax, pre-entities, "first"."""
