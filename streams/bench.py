@@ -48,6 +48,35 @@ def bench_engine(engine, texts, labels, batch: int) -> float:
     return _rate(len(texts), time.perf_counter() - t)
 
 
+def agreement(full: list, other: list) -> dict:
+    """How far another engine's output (int8) is from full precision's on the same texts:
+    the share of equal labels, of texts with exactly the same entity spans, and the entity F1
+    with full precision's spans (label, start, end) as the truth."""
+    spans = lambda inference: {(e.label, e.start, e.end) for e in inference.entities}  # noqa: E731
+    pairs = [(spans(a), spans(b)) for a, b in zip(full, other)]
+    tp = sum(len(a & b) for a, b in pairs)
+    wrong = sum(len(a ^ b) for a, b in pairs)
+    return {"labels": sum(a.classification.label == b.classification.label
+                          for a, b in zip(full, other)) / len(full),
+            "entities_exact": sum(a == b for a, b in pairs) / len(pairs),
+            "entities_f1": 2 * tp / (2 * tp + wrong) if tp or wrong else 1.0}
+
+
+def bench_int8(engine, settings: Settings, texts, labels, batch: int) -> dict:
+    """The opt-in CPU int8 engine (STREAMS_QUANTIZE=int8): its speed, and its agreement with
+    the full-precision `engine` on the same texts."""
+    from .engine import Engine
+
+    quantized = Engine.load(settings.ner_model, settings.classifier_model,
+                            cache_dir=settings.model_cache, device="cpu",
+                            max_batch=settings.model_batch, max_tokens=settings.max_tokens_per_pass,
+                            quantize="int8")
+    rate = bench_engine(quantized, texts, labels, batch)
+    full = [r for i in range(0, len(texts), batch) for r in engine.infer(texts[i : i + batch], labels)]
+    low = [r for i in range(0, len(texts), batch) for r in quantized.infer(texts[i : i + batch], labels)]
+    return {"events_per_s": rate, "agreement": agreement(full, low)}
+
+
 def _pipelines(engine):
     from transformers import pipeline
 
@@ -264,23 +293,29 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
     settings = Settings()
     engine = Engine.load(settings.ner_model, settings.classifier_model, cache_dir=settings.model_cache,
                          device=settings.device, max_batch=settings.model_batch,
-                         max_tokens=settings.max_tokens_per_pass)
+                         max_tokens=settings.max_tokens_per_pass,
+                         overlap_tokenization=settings.overlap_tokenization)
     labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
     texts = sample_texts(n_engine)
     results = {"device": str(engine.device), "texts": n_engine, "batch": settings.model_batch,
                "cpu_count": os.cpu_count()}
-    results["engine"] = bench_engine(engine, texts, labels, settings.max_batch)
     results["naive"] = bench_pipelines(engine, texts, labels, 1)
     results["reference"] = bench_pipelines(engine, texts, labels, 32)
-    del engine
     out.parent.mkdir(parents=True, exist_ok=True)
-    # End to end, untraced and traced, alternated over `rounds` rounds: each figure is the
-    # mean of its runs, so a slow minute on a shared machine does not land on one side only.
-    plain_runs, traced_runs = [], []
-    for _ in range(rounds if traced else 1):
+    # Engine, end to end and end to end traced, alternated over `rounds` rounds; each figure is
+    # the mean of its runs. On a shared machine the same engine run varies by 10 % from minute
+    # to minute: alternating keeps a slow minute from landing on one side of a ratio only.
+    engine_runs, plain_runs, traced_runs = [], [], []
+    for _ in range(rounds):
+        engine_runs.append(bench_engine(engine, texts, labels, settings.max_batch))
         plain_runs.append(bench_stream(n_stream, noop=False, log_dir=out.parent))
         if traced:
             traced_runs.append(bench_traced(n_stream, log_dir=out.parent))
+    if engine.device.type == "cpu":
+        results["int8"] = bench_int8(engine, settings, texts, labels, settings.max_batch)
+    del engine
+    results["engine"] = float(np.mean(engine_runs))
+    results["engine_runs_events_per_s"] = engine_runs
     results["end_to_end"] = _mean_run(plain_runs)
     results["stream_ceiling"] = bench_stream(n_ceiling, noop=True, log_dir=out.parent)
     results["ratios"] = {

@@ -245,7 +245,7 @@ def bench(
     duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
                                            "reporting worker RSS growth after warm-up"),
     rate: float = typer.Option(30.0, help="events/s offered during --duration"),
-    rounds: int = typer.Option(2, help="end-to-end runs of each kind (untraced, traced), alternated; figures are their mean"),
+    rounds: int = typer.Option(2, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
 ) -> None:
@@ -272,6 +272,8 @@ def bench(
     table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
     table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
     table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
+    if "int8" in r:
+        table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
     for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op)"),
                       ("end_to_end_traced", "end-to-end, traced")):
         if key not in r:
@@ -282,6 +284,11 @@ def bench(
     console.print(table)
     for name, value in r["ratios"].items():
         console.print(f"{name}: {value:.2f}")
+    if "int8" in r:
+        a = r["int8"]["agreement"]
+        console.print(f"int8 vs full precision: {r['int8']['events_per_s'] / r['engine']:.2f}x the speed; "
+                      f"labels agree on {a['labels']:.1%} of texts, entity spans on {a['entities_exact']:.1%} "
+                      f"(entity F1 {a['entities_f1']:.3f})")
     if "end_to_end_traced" in r:
         console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
     console.print(f"written to {out}")

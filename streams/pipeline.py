@@ -92,7 +92,8 @@ class Runtime:
                                  max_batch=settings.model_batch,
                                  max_tokens=settings.max_tokens_per_pass,
                                  model_version=settings.model_version,
-                                 overlap_tokenization=settings.overlap_tokenization)
+                                 overlap_tokenization=settings.overlap_tokenization,
+                                 quantize=settings.quantize)
             log.info("models warmed up in %.1fs", engine.warm_up())
         log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
                  ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     overlap_tokenization: bool | None = Field(
         None, description="tokenize for the classifier in a background thread while the entity "
                           "model runs; unset: on with a CUDA device, off on CPU")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantization of the models' Linear layers, for "
+                            "CPU-only deployments; faster and less exact (streams bench prints both)")
 
     # Avro output through a Confluent schema registry; mock:// lives inside one process.
     schema_registry_url: str = "mock://streams"

@@ -90,7 +90,7 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
             return 0.5
 
     def load(*args, **kwargs):
-        calls.append(("load", kwargs["overlap_tokenization"]))
+        calls.append(("load", kwargs["overlap_tokenization"], kwargs["quantize"]))
         return FakeEngine()
 
     class Stub:
@@ -105,11 +105,21 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
     monkeypatch.setattr(pipeline, "AckingProducer", Stub)
     monkeypatch.setattr(pipeline.Engine, "load", load)
     monkeypatch.setenv("STREAMS_OVERLAP_TOKENIZATION", "true")
+    monkeypatch.setenv("STREAMS_QUANTIZE", "int8")
     runtime = pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
-    assert calls == [("load", True), "warm_up"]
+    assert calls == [("load", True, "int8"), "warm_up"]
     assert runtime.engine.load_seconds == 1.5  # the warm-up counts as loading
     runtime.executor.shutdown()
     calls.clear()
     monkeypatch.setenv("STREAMS_ENGINE", "noop")  # no models, nothing to warm up
     pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled()).executor.shutdown()
     assert calls == []
+
+
+def test_quantize_setting_takes_none_or_int8(monkeypatch):
+    assert Settings().quantize == "none"
+    monkeypatch.setenv("STREAMS_QUANTIZE", "int8")
+    assert Settings().quantize == "int8"
+    monkeypatch.setenv("STREAMS_QUANTIZE", "fp4")
+    with pytest.raises(ValueError, match="quantize"):
+        Settings()

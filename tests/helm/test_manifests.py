@@ -50,6 +50,18 @@ def test_gpu_is_the_default_and_can_be_turned_off():
     assert container(worker_spec(render("minimal", "gpu.count=2")), "worker")["resources"]["limits"][GPU] == 2
 
 
+def test_int8_quantization_only_without_a_gpu():
+    assert config(render("minimal"))["STREAMS_QUANTIZE"] == "none"
+    cfg = config(render("minimal", "gpu.enabled=false", "config.quantize=int8"))
+    assert (cfg["STREAMS_QUANTIZE"], cfg["STREAMS_DEVICE"]) == ("int8", "cpu")
+    assert "config.quantize=int8 is for CPU-only deployments" in render_error("minimal", "config.quantize=int8")
+
+
+def test_overlap_tokenization_is_auto_unless_set():
+    assert "STREAMS_OVERLAP_TOKENIZATION" not in config(render("minimal"))
+    assert config(render("minimal", "config.overlapTokenization=false"))["STREAMS_OVERLAP_TOKENIZATION"] == "false"
+
+
 def test_replay_job_gets_the_gpu_and_the_pool_too():
     spec = one(render("replay-job"), "Job")["spec"]["template"]["spec"]
     assert container(spec, "replay")["resources"]["limits"][GPU] == 1
