@@ -21,7 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/streams models   # converts Rampart to a transformers checkpoint once, checks both
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) jemalloc
+
+# jemalloc (Debian's libjemalloc2): `streams worker`, `replay` and `bench` re-execute themselves
+# on it, because glibc's malloc let the worker's RSS climb with new batch shapes
+# (streams/allocator.py). Checked on every run (instant); installed when missing.
+JEMALLOC_LIB := $(firstword $(wildcard /usr/lib/*-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2))
+.PHONY: jemalloc
+jemalloc:
+	@test -n "$(JEMALLOC_LIB)" || { echo "libjemalloc2 missing: installing it"; \
+	  $(SUDO) $(APT_INSTALL) libjemalloc2 || { $(SUDO) apt-get update && $(SUDO) $(APT_INSTALL) libjemalloc2; }; }
 
 run: setup
 	$(BIN)/streams demo
@@ -36,7 +45,7 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
 
 bench: setup
-	$(BIN)/streams bench
+	$(BIN)/streams bench --check
 
 chaos: setup
 	$(BIN)/python -m tests.chaos

@@ -142,6 +142,7 @@ def _worker_rig(log_dir: Path, name: str, **env_extra: str):
             worker = subprocess.Popen([sys.executable, "-m", "streams", "worker", "--loglevel", "warning"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT)
             reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
+            prod = None
             try:
                 reader.subscribe([f"{BENCH_TOPIC}.enriched"])
                 prod = Producer(settings.librdkafka_config() | {"linger.ms": 5, "acks": "all",
@@ -151,6 +152,8 @@ def _worker_rig(log_dir: Path, name: str, **env_extra: str):
                 _read(reader, catalog, 1, 300)
                 yield _Rig(settings, catalog, worker, reader, prod)
             finally:
+                if prod is not None:
+                    prod.flush(10)  # a sustained run stops mid-send: no "still in queue" warning
                 reader.close()
                 worker.terminate()
                 worker.wait(60)

@@ -55,7 +55,8 @@ def broker(port: int = typer.Option(9092, help="TCP port on 127.0.0.1")) -> None
 @app.command()
 def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warning; default STREAMS_LOG_LEVEL")) -> None:
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
-    unless STREAMS_LOG_FORMAT=text."""
+    unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
+    _use_configured_allocator()
     from faust.worker import Worker
 
     from .app import Runtime, app as faust_app, settings
@@ -74,6 +75,16 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     except Exception as exc:  # noqa: BLE001 - broker unreachable and the like
         _fail(f"{type(exc).__name__}: {exc}")
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _use_configured_allocator() -> None:
+    """Before anything heavy is imported: re-exec under jemalloc (streams.allocator)."""
+    from .allocator import AllocatorError, ensure_allocator
+
+    try:
+        ensure_allocator(Settings().allocator)
+    except AllocatorError as exc:
+        _fail(str(exc))
 
 
 def _read_events(file: Optional[Path]) -> list[dict]:
@@ -250,6 +261,7 @@ def bench(
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
+    _use_configured_allocator()  # the engine runs measured here on the worker's allocator
     from rich.table import Table
 
     from . import bench as b
@@ -326,6 +338,7 @@ def replay(
 ) -> None:
     """Re-enrich a time range of a topic with the current (or a new) model, in its own consumer
     group; re-running the same command resumes an interrupted replay."""
+    _use_configured_allocator()
     from datetime import datetime, timezone
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     overlap_tokenization: bool | None = Field(
         None, description="tokenize for the classifier in a background thread while the entity "
                           "model runs; unset: on with a CUDA device, off on CPU")
+    allocator: Literal["auto", "jemalloc", "system"] = Field(
+        "auto", description="memory allocator of `streams worker` and `streams replay`: jemalloc "
+                            "when installed (auto), required, or glibc's (system)")
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of the models' Linear layers, for "
                             "CPU-only deployments; faster and less exact (streams bench prints both)")

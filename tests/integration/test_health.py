@@ -4,6 +4,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -42,5 +43,7 @@ def test_liveness_and_readiness(broker, tiny_models, model_cache, tmp_path):
         produce(scenario.settings, scenario.input, json_events(5, prefix="h"))
         got = collect(scenario.settings, scenario, until=lambda c: len(c.enriched_ids) >= 5)
         assert len(got.enriched_ids) == 5
+        # `streams worker` re-executed itself on jemalloc (same pid), which make installs.
+        assert "libjemalloc" in Path(f"/proc/{worker.proc.pid}/maps").read_text()
     finally:
         worker.stop()
