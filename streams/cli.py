@@ -256,7 +256,7 @@ def bench(
     duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
                                            "reporting worker RSS growth after warm-up"),
     rate: float = typer.Option(30.0, help="events/s offered during --duration"),
-    rounds: int = typer.Option(2, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
+    rounds: int = typer.Option(3, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
 ) -> None:

@@ -10,7 +10,7 @@ from .engine import Inference, ModelInfo
 from .serde import InputEvent
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
 class SourceRecord:
     topic: str
     partition: int

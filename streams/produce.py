@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 log = logging.getLogger("streams.produce")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
 class OutRecord:
     topic: str
     key: bytes | None

@@ -146,4 +146,5 @@ class NoopEngine:
 
     def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
         label = labels.labels[0] if labels and labels.descriptions else "none"
-        return [Inference([], Classification(label, 1.0, {label: 1.0})) for _ in texts]
+        result = Inference([], Classification(label, 1.0, {label: 1.0}))  # immutable: shared
+        return [result] * len(texts)

@@ -75,6 +75,10 @@ def decode_input(value: bytes | None, topic: str, catalog, max_bytes: int) -> In
             schema_id = int.from_bytes(value[1:5], "big")
             return DecodeError(reason, f"Avro (schema id {schema_id}): {type(exc).__name__}: {text}")
         return _validate(payload, "Avro")
+    try:  # the common case in one pass (pydantic parses the JSON bytes itself)
+        return InputEvent.model_validate_json(value)
+    except ValidationError:
+        pass  # the path below says exactly what is wrong
     try:
         # Decode explicitly: json.loads on bytes would guess UTF-16/32 and accept them.
         payload = json.loads(value.decode("utf-8"))
