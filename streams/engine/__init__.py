@@ -36,9 +36,12 @@ class Engine:
         self.models = models
         self.device = device
         self.load_seconds = load_seconds
-        self.overlap_tokenization = overlap_tokenization
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") \
             if overlap_tokenization else None
+
+    @property
+    def overlap_tokenization(self) -> bool:
+        return self._tokenizer_thread is not None
 
     @classmethod
     def load(cls, ner: str = DEFAULT_NER, classifier: str = DEFAULT_CLASSIFIER, *,
