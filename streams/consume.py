@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
-from .pipeline import InRecord
+from .records import InRecord
 from .settings import Settings
 
 log = logging.getLogger("streams.consume")

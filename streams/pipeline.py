@@ -18,25 +18,13 @@ from .dlq import dlq_headers
 from .engine import Engine, Inference, LabelSet, NoopEngine
 from .enrich import SourceRecord, enriched_record
 from .kafka import ensure_topics
-from .produce import AckingProducer, OutRecord
+from .produce import AckingProducer
+from .records import InRecord, OutRecord
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
 from .telemetry import BatchTrace, Telemetry, default_telemetry, replace_trace_headers
 
 log = logging.getLogger("streams.pipeline")
-
-
-@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
-class InRecord:
-    """A consumed Kafka record, whichever client read it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

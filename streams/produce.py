@@ -10,19 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
+from .records import OutRecord
+
 log = logging.getLogger("streams.produce")
-
-
-@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
-class OutRecord:
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]] | None = None
 
 
 class AckingProducer:

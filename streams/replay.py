@@ -24,7 +24,8 @@ from .kafka import consumer as make_consumer
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
-    from .pipeline import InRecord, Runtime
+    from .pipeline import Runtime
+    from .records import InRecord
 
 REPLAY_HEADER = "streams.replay.id"
 IDLE_END_S = 3.0  # a partition with nothing more to read for this long is at its end
@@ -126,7 +127,7 @@ def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms:
     """Yield batches of records (pipeline InRecords) from each range's start (or, with
     `resume`, the group's committed offset) until a record at/after end_ms, or the
     partition's end. Commits nothing."""
-    from .pipeline import InRecord
+    from .records import InRecord
 
     for msgs in read_messages(cons, topic, ranges, end_ms, batch_size=batch_size, resume=resume):
         yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),

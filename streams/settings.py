@@ -52,6 +52,12 @@ class TopicRoute(BaseModel):
     output: str | None = None  # default: "<input>.enriched"
     dlq: str | None = None  # default: "<input>.dlq"
     labels: dict[str, str] = Field(default_factory=dict)  # zero-shot label -> description
+    # Which model does what for this topic: the encoder models (default) or the LLM engine.
+    entities_from: Literal["encoder", "llm"] = "encoder"
+    label_from: Literal["encoder", "llm"] = "encoder"
+    # Typed fields only a generative model produces: the name of an Avro record in
+    # `schemas/fields/<name>.avsc`; the enriched event of this topic carries it typed.
+    fields: str | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> "TopicRoute":

@@ -15,7 +15,8 @@ import time
 from collections import defaultdict
 
 from .consume import BatchConsumer
-from .pipeline import InRecord, Runtime, enrich_records
+from .pipeline import Runtime, enrich_records
+from .records import InRecord
 
 log = logging.getLogger("streams.worker")
 

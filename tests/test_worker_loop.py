@@ -15,7 +15,8 @@ import pytest
 from streams.consume import BatchConsumer, ConsumerState
 from streams.engine import NoopEngine
 from streams.kafka import ensure_topics
-from streams.pipeline import InRecord, Runtime
+from streams.pipeline import Runtime
+from streams.records import InRecord
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry

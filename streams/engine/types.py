@@ -25,6 +25,9 @@ class Classification:
 class Inference:
     entities: list[Entity]
     classification: Classification
+    # Typed fields a generative model extracted (LLM engine), keyed by field name, values
+    # JSON-like and valid against the topic's field record; None when the topic has none.
+    fields: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from .tracing import BatchTrace
 if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client import CollectorRegistry
 
-    from ..pipeline import InRecord
+    from ..records import InRecord
 
 log = logging.getLogger("streams.telemetry")
 

@@ -39,7 +39,7 @@ from opentelemetry.metrics import Meter
 from .tracing import DESTINATION_NAME, PARTITION_ID
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import InRecord
+    from ..records import InRecord
 
 METER_NAME = "streams"
 REASON = "reason"

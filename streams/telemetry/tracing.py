@@ -27,7 +27,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import InRecord
+    from ..records import InRecord
 
 # Messaging semantic conventions (semconv 1.3x, messaging.* attributes).
 MESSAGING_SYSTEM = "messaging.system"

@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from streams import pipeline
 from streams.engine import LabelSet, NoopEngine
-from streams.pipeline import InRecord, Runtime
+from streams.pipeline import Runtime
+from streams.records import InRecord
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry

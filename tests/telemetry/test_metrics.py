@@ -90,7 +90,7 @@ def test_counts_accumulate_over_batches_and_skip_missing_timestamps(runtime, set
 
 
 def InRecordNoTs(offset):  # noqa: N802 - reads like a constructor in the test above
-    from streams.pipeline import InRecord
+    from streams.records import InRecord
     return InRecord(TOPIC, 0, offset, None, None, event(f"x{offset}"), [])
 
 

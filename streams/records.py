@@ -1,0 +1,29 @@
+"""The plain records the steps hand each other: what a source took from Kafka, what the sink
+produces. Shared by source, pipeline, sink and telemetry; imports none of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
+class InRecord:
+    """A consumed Kafka record, whichever client read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
+class OutRecord:
+    """A record to produce: an enriched event or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] | None = None
