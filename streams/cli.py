@@ -199,6 +199,9 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
     try:
         console.print(f"broker: tansu on {embedded.bootstrap} (pid {embedded.process.pid})")
         from .broker import free_port
+        from .kafka import ensure_topics
+
+        ensure_topics(settings.model_copy(update={"kafka_bootstrap": embedded.bootstrap}))  # as a platform team would
 
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap,
                             "STREAMS_HEALTH_PORT": os.environ.get("STREAMS_HEALTH_PORT", str(free_port()))}

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
+from .errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
+from .kafka import read_headers
 from .records import InRecord
 from .settings import Settings
 
@@ -34,7 +36,33 @@ class ConsumerState:
     brokers_up: int | None = None  # from the last statistics report; None before the first
     last_poll: float = field(default_factory=time.monotonic)
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # consumer lag per partition
+    # Per partition: the next offset to process and when it last moved (the stall detector).
+    progress: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    assigned_at: float = field(default_factory=time.monotonic)
+    # Why the worker is not processing right now (a dependency it waits for), or None.
+    degraded: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def advance(self, records: list[InRecord]) -> None:
+        """The loop finished (committed) these records."""
+        now = time.monotonic()
+        with self.lock:
+            for rec in records:
+                self.progress[(rec.topic, rec.partition)] = (rec.offset + 1, now)
+
+    def stalled(self, after_s: float) -> list[str]:
+        """Partitions that have lag but have not moved for `after_s` seconds."""
+        now = time.monotonic()
+        with self.lock:
+            lag, assigned, progress = dict(self.lag), list(self.assigned), dict(self.progress)
+        out = []
+        for tp in assigned:
+            if lag.get(tp, 0) <= 0:
+                continue
+            _, since = progress.get(tp, (None, self.assigned_at))
+            if now - since > after_s:
+                out.append(f"{tp[0]}[{tp[1]}]")
+        return out
 
 
 def consumer_config(settings: Settings, state: ConsumerState) -> dict:
@@ -73,10 +101,22 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
     }
 
 
+@dataclass
+class _Undecodable:
+    """A batch the client failed to decode, starting at `base`: how often it was fetched, and
+    the next offset to step to once it is being skipped record by record."""
+
+    base: int
+    fetches: int = 0
+    next: int | None = None
+
+
 class BatchConsumer:
     def __init__(self, settings: Settings, topics: list[str]):
         self.settings = settings
         self.state = ConsumerState()
+        self.revoked = threading.Event()  # set by a revoke; the loop clears it per batch
+        self._undecodable: dict[tuple[str, int], _Undecodable] = {}
         self._consumer = Consumer(consumer_config(settings, self.state))
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
@@ -85,6 +125,8 @@ class BatchConsumer:
         with self.state.lock:
             self.state.joined = True
             self.state.assigned = sorted((tp.topic, tp.partition) for tp in partitions)
+            self.state.assigned_at = time.monotonic()
+            self.state.progress.clear()
         log.info("assigned %d partitions: %s", len(partitions),
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
 
@@ -93,24 +135,67 @@ class BatchConsumer:
         with self.state.lock:
             self.state.joined = False
             self.state.assigned = []
+        self.revoked.set()
+        self._undecodable.clear()
         log.info("revoked %d partitions", len(partitions))
 
     def take(self) -> list[InRecord]:
-        """The next micro-batch; empty when nothing arrived within max_wait_s."""
+        """The next micro-batch; empty when nothing arrived within max_wait_s. A record the
+        client cannot decode comes back as an InRecord with `client_error` set (data, not an
+        exception), once it has been re-fetched `undecodable_refetches` times."""
         messages = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_s)
         self.state.last_poll = time.monotonic()
         records = []
+        errored: set[tuple[str, int]] = set()
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error on %s[%s]: %s", m.topic(), m.partition(), err)
+                self._on_error(m, err, records, errored)
                 continue
+            tp = (m.topic(), m.partition())
+            if tp in errored:  # fetched before the seek past a bad batch took effect
+                continue
+            self._undecodable.pop(tp, None)
             ts_type, ts = m.timestamp()
             records.append(InRecord(m.topic(), m.partition(), m.offset(),
                                     None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                                    m.key(), m.value(), m.headers() or []))
+                                    m.key(), m.value(), read_headers(m)))
         return records
+
+    def _on_error(self, m, err: KafkaError, records: list[InRecord], errored: set) -> None:
+        code = err.code()
+        if code == KafkaError._PARTITION_EOF:
+            return
+        if consumer_error_is_fatal(err):
+            raise FatalError(f"the Kafka consumer cannot go on: {err.name()} ({sanitize(err.str())}); "
+                             "check the credentials, ACLs and settings")
+        if code not in RECORD_UNDECODABLE or m.topic() is None or m.offset() is None or m.offset() < 0:
+            log.warning("consume error on %s[%s]: %s", m.topic(), m.partition(), sanitize(err.str()))
+            return
+        tp = (m.topic(), m.partition())
+        if tp in errored:
+            return  # one step per partition per take: the rest were fetched before the seek
+        errored.add(tp)
+        base = m.offset()  # librdkafka reports the failing batch's first offset
+        skip = self._undecodable.get(tp)
+        if skip is None or skip.base != base:
+            skip = self._undecodable[tp] = _Undecodable(base)
+        if skip.next is None:
+            skip.fetches += 1
+            if skip.fetches < self.settings.undecodable_refetches:
+                log.warning("%s[%d]@%d cannot be decoded by the client (%s); re-fetch %d of %d",
+                            tp[0], tp[1], base, err.name(), skip.fetches,
+                            self.settings.undecodable_refetches)
+                return
+            offset = base
+        else:
+            # The seek past the last skipped offset landed in the same batch: that offset is
+            # part of it, and gets its own dead letter.
+            offset = skip.next
+        skip.next = offset + 1
+        records.append(InRecord(tp[0], tp[1], offset, None, None, None, [],
+                                client_error=f"{err.name()}: {sanitize(err.str())}"))
+        self._consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
 
     def commit(self, records: list[InRecord]) -> bool:
         """Commit the offset after each partition's last record; synchronous, so a returned

@@ -1,9 +1,12 @@
 """Produce step: a librdkafka producer (acks=all, idempotent, batched in C) and one call that
-returns only when the broker has acknowledged every record of a batch.
+returns only when the broker has acknowledged every record of a batch, or refused it for good.
 
-The worker commits its input offsets after this returns, never before (at-least-once). A
-record whose delivery fails is sent again rather than dropped or raised; a worker that cannot
-deliver within its shutdown grace exits without committing, and the batch is re-delivered."""
+The worker commits its input offsets after this returns, never before (at-least-once). Failed
+deliveries are sorted by `streams.errors.classify_delivery`:
+- RETRY (broker down, timed out): the same record (headers included) is sent again with
+  backoff, for as long as it takes; `retrying` says why meanwhile (/readyz reads it);
+- DLQ (this record is refused: too large, invalid): returned to the caller, who dead-letters it;
+- EXIT (fenced, not authorized, invalid configuration): `FatalError`."""
 
 from __future__ import annotations
 
@@ -11,58 +14,94 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
+from .errors import FatalError, classify_delivery, sanitize
 from .records import OutRecord
 
 log = logging.getLogger("streams.produce")
 
+RECORD_OVERHEAD = 128  # bytes librdkafka adds to a record (lengths, varints, batch share)
+HEADER_OVERHEAD = 8
+
+
+def record_size(record: OutRecord) -> int:
+    """An upper bound on the bytes a record takes against message.max.bytes."""
+    size = RECORD_OVERHEAD + len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers or ():
+        size += HEADER_OVERHEAD + len(name.encode("utf-8", "surrogateescape")) + len(value or b"")
+    return size
+
 
 class AckingProducer:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, *, max_message_bytes: int = 1_000_000,
+                 max_backoff_s: float = 30.0):
+        self.max_message_bytes = max_message_bytes
+        self.max_backoff_s = max_backoff_s
         self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
-                                            "linger.ms": 5})
-        self._failed: list[tuple[OutRecord, object]] = []
+                                            "linger.ms": 5, "message.max.bytes": max_message_bytes})
+        self._failed: list[tuple[OutRecord, KafkaError]] = []
         self._lock = threading.Lock()
+        self.retrying: str | None = None  # why deliveries are being retried right now
 
-    def _delivered(self, err, msg) -> None:
-        if err is not None:
-            with self._lock:
-                self._failed.append((OutRecord(msg.topic(), msg.key(), msg.value() or b"",
-                                               msg.headers()), err))
+    def fits(self, record: OutRecord) -> bool:
+        return record_size(record) <= self.max_message_bytes
 
     def _produce(self, record: OutRecord) -> None:
+        def delivered(err, _msg, record=record) -> None:  # the record itself, headers and all
+            if err is not None:
+                with self._lock:
+                    self._failed.append((record, err))
+
         while True:
             try:
                 self._producer.produce(record.topic, key=record.key, value=record.value,
-                                       headers=record.headers, on_delivery=self._delivered)
+                                       headers=record.headers, on_delivery=delivered)
                 return
             except BufferError:  # local queue full: let deliveries drain (backpressure)
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused before it left: sorted like a delivery error
+                with self._lock:
+                    self._failed.append((record, exc.args[0]))
+                return
 
-    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> None:
-        """Returns once the broker has acknowledged every record, re-sending failed ones with
-        backoff. With a timeout, raises TimeoutError when that cannot happen in time; without
-        one it keeps trying (the worker's shutdown grace bounds it)."""
+    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> list[tuple[OutRecord, str]]:
+        """Returns once the broker has acknowledged every record except those it refused for
+        good, which come back with the reason. With a timeout, raises TimeoutError when that
+        cannot happen in time; without one it keeps trying (the worker's shutdown grace
+        bounds it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        rejected: list[tuple[OutRecord, str]] = []
         attempt = 0
-        while records:
-            for record in records:
-                self._produce(record)
-            while self._producer.flush(1.0) > 0:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
-            with self._lock:
-                failed, self._failed = self._failed, []
-            records = [record for record, _ in failed]
-            if records:
-                attempt += 1
-                log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
-                            attempt, failed[0][1])
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(records)} records could not be delivered")
-                time.sleep(min(5.0, 0.2 * 2 ** attempt))
+        try:
+            while records:
+                for record in records:
+                    self._produce(record)
+                while self._producer.flush(1.0) > 0:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
+                with self._lock:
+                    failed, self._failed = self._failed, []
+                records = []
+                for record, err in failed:
+                    action = classify_delivery(err)
+                    if action == "EXIT":
+                        raise FatalError(f"the broker refused to take {record.topic!r}: {err.name()} "
+                                         f"({sanitize(err.str())}); check the producer's credentials, "
+                                         "ACLs and settings")
+                    if action == "DLQ":
+                        rejected.append((record, f"{err.name()}: {sanitize(err.str())}"))
+                    else:
+                        records.append(record)
+                if records:
+                    attempt += 1
+                    self.retrying = f"broker: {failed[0][1].name()}"
+                    log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
+                                attempt, sanitize(failed[0][1].str()))
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"{len(records)} records could not be delivered")
+                    time.sleep(min(self.max_backoff_s, 0.2 * 2 ** attempt))
+        finally:
+            self.retrying = None
+        return rejected
 
-    def send_all_blocking(self, records: list[OutRecord], timeout: float = 120.0) -> None:
-        """`deliver` with a deadline, for operator commands (`streams replay`)."""
-        self.deliver(records, timeout=timeout)

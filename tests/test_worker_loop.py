@@ -31,16 +31,23 @@ def _value(i: int) -> bytes:
 
 
 class CallLog:
+    max_message_bytes = 1_000_000
+    retrying = None
+
     def __init__(self, fail_delivery: bool = False):
         self.calls: list[tuple] = []
         self.fail_delivery = fail_delivery
         self.state = ConsumerState()
 
     # producer side
+    def fits(self, record) -> bool:
+        return True
+
     def deliver(self, records, timeout=None):
         self.calls.append(("deliver", len(records)))
         if self.fail_delivery:
             raise TimeoutError("broker gone")
+        return []
 
     # consumer side
     def commit(self, records):

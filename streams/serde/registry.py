@@ -116,7 +116,7 @@ class SchemaCatalog:
     def encode_input(self, record: dict, topic: str) -> bytes:
         return self.input_serializer(record, SerializationContext(topic, MessageField.VALUE))
 
-    def _writer_schema(self, schema_id: int) -> dict:
+    def writer_schema(self, schema_id: int) -> dict:
         """The parsed writer schema for an id, fetched from the registry once per id."""
         parsed = self._writer_schemas.get(schema_id)
         if parsed is None:
@@ -134,5 +134,9 @@ class SchemaCatalog:
         if len(value) <= 5 or value[0] != 0:
             raise SerializationError(f"not Confluent Avro: {len(value)} bytes, magic byte "
                                      f"{value[0] if value else None}")
-        schema_id = int.from_bytes(value[1:5], "big")
-        return schemaless_reader(io.BytesIO(value[5:]), self._writer_schema(schema_id), None)
+        return self.decode_body(value, self.writer_schema(int.from_bytes(value[1:5], "big")))
+
+    @staticmethod
+    def decode_body(value: bytes, writer_schema: dict) -> dict:
+        """The Avro body after the 5-byte Confluent header, read with its writer schema."""
+        return schemaless_reader(io.BytesIO(value[5:]), writer_schema, None)

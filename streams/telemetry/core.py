@@ -162,6 +162,13 @@ class Telemetry:
         """Consumer lag of one assigned partition (high watermark - position)."""
         self.metrics.lag.set(lag, self.metrics.attributes(topic, partition))
 
+    def record_retry(self, dependency: str | None) -> None:
+        """A batch is being retried because `dependency` failed; None: the worker is healthy again."""
+        attrs = {"streams.dependency": dependency or "none"}
+        if dependency is not None:
+            self.metrics.retries.add(1, attrs)
+        self.metrics.degraded.set(0 if dependency is None else 1)
+
     def record_model_load(self, seconds: float, models: Iterable = (), device=None) -> None:
         attrs = {"streams.models": ",".join(f"{m.task}={m.name}@{m.version}" for m in models)}
         if device is not None:

@@ -99,6 +99,12 @@ class StreamMetrics:
             "streams.consumer.lag", unit="{message}", description="high watermark minus position")
         self.model_load = meter.create_gauge(
             "streams.model.load.duration", unit="s", description="time to load the models at start-up")
+        self.retries = meter.create_counter(
+            "streams.batch.retries", unit="{retry}",
+            description="batches retried because a dependency failed, by dependency")
+        self.degraded = meter.create_gauge(
+            "streams.worker.degraded", unit="1",
+            description="1 while the worker waits for a dependency (broker, registry, accelerator)")
         self._attrs: dict[tuple, dict] = {}
 
     def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
