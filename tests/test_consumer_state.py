@@ -30,3 +30,15 @@ def test_progress_clears_a_stall_and_its_age_counts_from_the_last_move():
     assert state.progress[("t", 0)][0] == 42
     state.progress[("t", 0)] = (42, time.monotonic() - 6)
     assert state.stalled(5) == ["t[0]"]
+
+
+def test_records_taken_and_not_committed_for_too_long_are_a_stall_even_without_lag_figures():
+    """While the loop waits out a dependency it does not poll, so librdkafka's statistics
+    (the lag) stop: a batch held too long is a stall by itself."""
+    state = state_with({}, assigned_ago=10)
+    state.assigned = [("t", 0), ("t", 1)]
+    state.taken([InRecord("t", 0, 7, None, b"k", b"v")])
+    state.pending[("t", 0)] -= 6
+    assert state.stalled(5) == ["t[0]"]
+    state.advance([InRecord("t", 0, 7, None, b"k", b"v")])
+    assert state.stalled(5) == [] and not state.pending

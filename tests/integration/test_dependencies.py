@@ -88,12 +88,12 @@ def committed(settings, topic: str) -> dict[int, int]:
 def test_a_registry_that_fails_then_recovers_is_waited_out(broker, tiny_models, model_cache, tmp_path, registry):
     scenario = Scenario(broker.bootstrap, tiny_models, model_cache, tmp_path,
                         extra_env={"STREAMS_SCHEMA_REGISTRY_URL": registry.url,
-                                   "STREAMS_RETRY_MAX_BACKOFF_S": "2", "STREAMS_STALL_AFTER_S": "3"})
+                                   "STREAMS_RETRY_MAX_BACKOFF_S": "2", "STREAMS_STALL_AFTER_S": "2"})
     settings = scenario.settings
     catalog = SchemaCatalog.from_settings(settings)
     events = avro_events(catalog, scenario.input, 12, "avro") + json_events(12, "json")
     input_id = int.from_bytes(events[0][1][1:5], "big")
-    registry.fail_id(input_id, *[500] * 10, 503, 429)  # the client retries 3 times per call itself
+    registry.fail_id(input_id, *[500] * 22, 503, 429)  # the client retries 3 times per call itself
     produce_recorded(settings, [(k.decode(), scenario.input, i % 4, k, v, []) for i, (k, v) in enumerate(events)])
     worker = WorkerProcess(scenario).start()
     try:
