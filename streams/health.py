@@ -51,6 +51,17 @@ def readiness(app: faust.App) -> tuple[bool, dict]:
     }
     ready = all(checks[k] for k in ("models_loaded", "consumer_started", "joined_group", "broker_reachable")) \
         and not checks["waiting_for"] and not checks["stalled_partitions"]
+    runtime = getattr(app, "runtime", None)
+    if runtime is not None:
+        metrics = runtime.telemetry.metrics
+        metrics.stalled.set(len(checks["stalled_partitions"]))
+    else:
+        from .telemetry import default_telemetry
+
+        settings = app.conf.streams_settings
+        metrics = default_telemetry(settings.app_id, settings.app_id).metrics
+    metrics.ready.set(int(ready))
+    metrics.models_loaded.set(int(runtime is not None))
     return ready, checks
 
 
@@ -74,6 +85,7 @@ def add_health_pages(app: faust.App) -> None:
             from .telemetry import default_telemetry
 
             settings = app.conf.streams_settings
+            readiness(app)  # the readiness gauges, current at every scrape
             runtime = getattr(app, "runtime", None)
             telemetry = runtime.telemetry if runtime is not None else \
                 default_telemetry(settings.app_id, settings.app_id)

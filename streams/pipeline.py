@@ -82,6 +82,7 @@ class Runtime:
         engine = _load_engine(settings)
         runtime = cls(settings, engine, catalog, telemetry=telemetry)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
+        runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
         return runtime
 
     def infer(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:

@@ -165,8 +165,7 @@ class Telemetry:
     def record_retry(self, dependency: str | None) -> None:
         """A batch is being retried because `dependency` failed; None: the worker is healthy again."""
         attrs = {"streams.dependency": dependency or "none"}
-        if dependency is not None:
-            self.metrics.retries.add(1, attrs)
+        self.metrics.retries.add(0 if dependency is None else 1, attrs)  # 0: the series exists from the start
         self.metrics.degraded.set(0 if dependency is None else 1)
 
     def record_model_load(self, seconds: float, models: Iterable = (), device=None) -> None:

@@ -105,6 +105,14 @@ class StreamMetrics:
         self.degraded = meter.create_gauge(
             "streams.worker.degraded", unit="1",
             description="1 while the worker waits for a dependency (broker, registry, accelerator)")
+        # Set when /metrics or /readyz is read (streams.health), so they are current at scrape.
+        self.ready = meter.create_gauge(
+            "streams.worker.ready", unit="1", description="1 when /readyz answers 200")
+        self.stalled = meter.create_gauge(
+            "streams.partitions.stalled", unit="{partition}",
+            description="assigned partitions with work that have not advanced for stall_after_s")
+        self.models_loaded = meter.create_gauge(
+            "streams.models.loaded", unit="1", description="1 once the models are loaded")
         self._attrs: dict[tuple, dict] = {}
 
     def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
