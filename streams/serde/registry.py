@@ -71,8 +71,11 @@ def composed_schema_text(schema_dir: Path, field_name: str) -> str:
     """The output schema of a topic with typed fields `field_name`, as registered (indented
     JSON, so the same text is also the committed `schemas/enriched/` file)."""
     enriched = json.loads(load_schema(schema_dir, "EnrichedEvent").schema_str)
-    return json.dumps(compose_enriched(enriched, _load_field_record(schema_dir, field_name)),
-                      indent=2, ensure_ascii=False) + "\n"
+    try:
+        record = _load_field_record(schema_dir, field_name)
+    except ValueError as exc:  # serde.fields.load_field_record's FieldSchemaError
+        raise SchemaError(str(exc)) from exc
+    return json.dumps(compose_enriched(enriched, record), indent=2, ensure_ascii=False) + "\n"
 
 
 def composed_schema_path(schema_dir: Path, field_name: str) -> Path:
