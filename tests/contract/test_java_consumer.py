@@ -8,7 +8,9 @@ Needs `make java-consumer` (run by `make test`); without it the test fails and s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -169,6 +171,12 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
     expected = dict(TYPED)
     python_side = {r["event_id"]: r["fields"] for _, r in got.enriched}
     assert python_side == expected  # the Python reader decodes them back unchanged
+    # So does `streams tail --json`, in its own process (its own mock registry, same ids).
+    tail = subprocess.run([sys.executable, "-m", "streams", "tail", "--topic", scenario.output, "--count",
+                           str(len(TYPED)), "--json", "--timeout", "60"], env=os.environ | scenario.env,
+                          capture_output=True, text=True, timeout=120)
+    tailed = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
+    assert {r["event_id"]: r["fields"] for r in tailed} == expected, tail.stdout + tail.stderr
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert sorted(j["event_id"] for j in lines) == sorted(expected)
     avro_type = {"urgency": "enum", "requested_action": "enum", "summary": "string",
