@@ -145,9 +145,10 @@ def _event(eid: str) -> bytes:
 
 
 def _cli_finishing(scenario: Scenario, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """A replay that hangs fails the test (instead of hanging it)."""
+    """A replay that hangs fails the test (instead of hanging it). Wide console: no wrapped lines."""
     try:
-        return subprocess.run([sys.executable, "-m", "streams", *args], env=os.environ | scenario.env,
+        return subprocess.run([sys.executable, "-m", "streams", *args],
+                              env=os.environ | scenario.env | {"COLUMNS": "400"},
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"`streams {' '.join(args)}` did not finish within {timeout:.0f}s: {exc.stdout!r}")
