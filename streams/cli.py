@@ -402,6 +402,7 @@ def replay(
         ensure_topics(settings, [output])  # a new output topic exists before it is written
 
     from .pipeline import Runtime
+    from .serde.registry import SchemaError
 
     runtime = Runtime.load(settings)
     started = time.perf_counter()
@@ -420,6 +421,8 @@ def replay(
         except KeyboardInterrupt:
             console.print("interrupted: run the same command again to resume")
             raise typer.Exit(130)
+        except (ValueError, SchemaError) as exc:  # an unregistered output subject, an offset out of range
+            _fail(str(exc))
     elapsed = time.perf_counter() - started
     console.print(f"replay {rid}: read {result.read}, enriched {result.enriched}, "
                   f"dead-lettered {result.dead}, skipped {result.skipped} outside the time range, "
