@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class Outcome:
         return (self.lost == 0 and not self.failures
                 and (self.duplicate_bound is None or self.duplicates <= self.duplicate_bound))
 
+
+BATCH_LINE = re.compile(r"batch \S+: (\d+) enriched, (\d+) dead-lettered")  # streams/worker.py's line
 
 # Small batches and prefetch, so the duplicate bound (kills x batch) is tight against the sizes.
 CHAOS_ENV = {"STREAMS_MAX_BATCH": 100, "STREAMS_MAX_IN_FLIGHT": 500}
@@ -114,19 +117,47 @@ def landed_mid_batch(messages: list[str]) -> str | None:
     return None
 
 
+def _processed(workers: list[WorkerProcess]) -> int:
+    """Records the workers' batch lines account for (enriched + dead-lettered, repeats included)."""
+    total = 0
+    for worker in workers:
+        for m in _messages(worker):
+            hit = BATCH_LINE.match(m)
+            if hit:
+                total += int(hit.group(1)) + int(hit.group(2))
+    return total
+
+
+def _committed_total(settings, topic: str) -> int:
+    from confluent_kafka import TopicPartition
+
+    from streams.replay import committed_offsets
+
+    tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    return sum(max(o, 0) for o in committed_offsets(settings, settings.app_id, tps).values())
+
+
 def kill_three_times(ctx, n: int, rng: random.Random) -> Outcome:
+    """Each kill is timed by the workers' own batch lines (not by a reader that lags behind),
+    and must land while part of the stream is still uncommitted, or it tested nothing."""
     sc = _scenario(ctx)
     settings = sc.settings
     produce(settings, sc.input, json_events(n, prefix="k"))
     started = time.monotonic()
     failures: list[str] = []
-    kills = 3
+    kills, workers = 3, []
     for kill in range(kills):
         worker = WorkerProcess(sc, f"kill{kill}").start()
+        workers.append(worker)
         target = int(n * rng.uniform(0.15, 0.3) * (kill + 1))
-        collect(settings, sc, until=_until(worker, lambda c: len(c.enriched_ids) >= target), timeout=180)
+        deadline = time.monotonic() + 180
+        while _processed(workers) < target and worker.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         _exited(worker, f"kill{kill}", failures)
         worker.kill()
+        committed = _committed_total(settings, sc.input)
+        if committed >= n:
+            failures.append(f"kill {kill} landed after all {n} records were committed: it tested nothing")
     final = WorkerProcess(sc, "final").start()
     got = collect(settings, sc, until=_until(final, lambda c: len(c.enriched_ids) >= n), timeout=300)
     _exited(final, "final", failures)
