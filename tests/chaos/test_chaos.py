@@ -14,3 +14,16 @@ def test_chaos_quick_loses_nothing():
     assert not failed, f"chaos seed {seed}:\n" + "\n".join(
         f"{o.name}: lost {o.lost}, duplicates {o.duplicates} (bound {o.duplicate_bound}), "
         f"{o.note} {'; '.join(o.failures)}" for o in failed)
+
+
+def test_mid_batch_check_can_fail():
+    """The SIGTERM scenario's log check refuses a stop that landed between batches."""
+    from tests.chaos.runner import landed_mid_batch
+
+    stop = "shutting down: finishing the batch in flight (grace 20s)"
+    batch = "batch t.in: 64 enriched, 0 dead-lettered, 0 tombstones, inference 900 ms"
+    done = "worker loop stopped after 3 batches; left the group"
+    assert landed_mid_batch([batch, stop, batch, done]) is None
+    assert "between batches" in landed_mid_batch([batch, stop, done])
+    assert "never saw" in landed_mid_batch([batch, batch])
+    assert "not committed" in landed_mid_batch([stop, batch, "commit failed (x); those records will be re-delivered", done])
