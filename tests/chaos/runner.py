@@ -186,7 +186,9 @@ def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outco
     _exited(worker, "frozen", failures)
     worker.stop()
     ids = got.enriched_ids
-    # No kill: at most the batch in flight at the freeze is sent twice (a re-sent record).
+    # No kill. A freeze longer than the session timeout expires the member: the commit of the
+    # batch in flight fails and that batch is re-delivered (one batch). The idempotent
+    # producer's own retries (message.timeout.ms 300 s > the freeze) duplicate nothing.
     return Outcome(f"broker frozen {freeze_s:.0f}s", n, len(ids), len(got.dead),
                    len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), settings.max_batch,
                    time.monotonic() - started, "worker survived" if not failures else "WORKER DIED", failures)
