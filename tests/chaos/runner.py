@@ -186,11 +186,12 @@ def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outco
     _exited(worker, "frozen", failures)
     worker.stop()
     ids = got.enriched_ids
-    # No kill. A freeze longer than the session timeout expires the member: the commit of the
-    # batch in flight fails and that batch is re-delivered (one batch). The idempotent
-    # producer's own retries (message.timeout.ms 300 s > the freeze) duplicate nothing.
+    # No kill: only the batch in flight at the freeze (<= MAX_BATCH outputs) can be duplicated,
+    # twice at most: its outputs re-sent by the producer after the broker had written them
+    # (a broker that does not de-duplicate idempotent retries), and the whole batch
+    # re-delivered when its commit fails because the freeze outlasted the session.
     return Outcome(f"broker frozen {freeze_s:.0f}s", n, len(ids), len(got.dead),
-                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), settings.max_batch,
+                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), 2 * settings.max_batch,
                    time.monotonic() - started, "worker survived" if not failures else "WORKER DIED", failures)
 
 
