@@ -163,6 +163,14 @@ class SchemaCatalog:
                 raise SchemaError(f"schema registry: subject {subject(topic)}: {exc}") from exc
         self._ready = True
 
+    def register_output(self, topic: str) -> None:
+        """One more output topic (a replay's --output-topic): registered, or looked up where
+        auto-registration is off, like the configured ones; encoding then finds its subject."""
+        if topic not in self.output_topics:
+            self.output_topics.append(topic)
+            self._ready = False
+        self.ensure_registered()
+
     def _serializer(self, schema: Schema) -> AvroSerializer:
         self.ensure_registered()
         # Registered above; the serializer only looks the id up (same Schema object).
