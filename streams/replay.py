@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from .kafka import consumer as make_consumer
+from .kafka import read_headers
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never ne
 log = logging.getLogger(__name__)
 
 REPLAY_HEADER = "streams.replay.id"
+DELIVERY_TIMEOUT_S = 120.0  # an operator command gives up (exit non-zero) rather than wait forever
 # A partition whose reader reports its end below the range's end offset (read_committed stops
 # at an open transaction) and gets nothing more for this long is ended there, with a warning.
 IDLE_END_S = 10.0
@@ -202,7 +204,7 @@ def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batc
 
     for msgs in read_messages(cons, topic, ranges, batch_size=batch_size, resume=resume):
         yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                        list(m.headers() or [])) for m in msgs]
+                        read_headers(m)) for m in msgs]
 
 
 def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
@@ -281,7 +283,7 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                on_batch=None) -> Progress:
     """Enrich the range, produce (acks=all), then commit what was produced; `limit` stops
     after that many events (the next run resumes after them)."""
-    from .pipeline import enrich_records
+    from .pipeline import deliver, enrich_records
 
     if output in settings.routes:
         raise ValueError(f"output topic {output!r} is an input topic: refusing to replay into it")
@@ -308,7 +310,7 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
             for partition in sorted({r.partition for r in wanted}):
                 recs = [r for r in wanted if r.partition == partition]
                 result = enrich_records(runtime, route, recs, extra_headers=headers)
-                runtime.producer.send_all_blocking(result.out)
+                deliver(runtime, result.out, timeout=DELIVERY_TIMEOUT_S)
                 progress.enriched += result.enriched
                 progress.dead += result.dead
             progress.read += len(wanted)
