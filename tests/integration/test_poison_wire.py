@@ -245,3 +245,32 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_record_by_record(run)
 def test_no_poison_text_in_the_worker_log(run):
     leaked = [c.name for c in run.cases if secret(c.name) in run.log]
     assert not leaked, leaked
+
+
+def test_read_headers_catches_a_bad_header_name_on_a_warm_call_site(broker):
+    """confluent-kafka 2.16 leaves the decode error pending instead of raising it; once Python
+    has specialized the call site, `m.headers()` returns and the error surfaces at a later,
+    unrelated call (this crashed the worker on the 2nd or 3rd batch, not on the 1st)."""
+    topic = f"hdr-{time.monotonic_ns()}"
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result()
+    for i in range(30):
+        headers = [(RawName(b"\xff\xfe"), b"v")] if i % 3 == 2 else [("ok", b"1")]
+        produce_raw(broker.bootstrap, topic, 0, build_batch([(b"k", b"v%d" % i, headers)]))
+    from confluent_kafka import Consumer
+    from streams.kafka import read_headers
+    cons = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": topic, "auto.offset.reset": "earliest",
+                     "session.timeout.ms": 6000})
+    cons.subscribe([topic])
+    msgs, deadline = [], time.monotonic() + 60
+    while len(msgs) < 30 and time.monotonic() < deadline:
+        msgs += [m for m in cons.consume(30, 1.0) if not m.error()]
+    assert len(msgs) == 30
+    out = []
+    for m in msgs:  # one call per message, as the consumer does, on a call site that warms up
+        out.append(read_headers(m))
+        tuple([1])  # a checked call: a pending error would be raised here
+    cons.close()
+    assert [h[0][0] == OMITTED_HEADERS for h in out] == [i % 3 == 2 for i in range(30)]
