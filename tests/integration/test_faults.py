@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import consumer, ensure_topics
 from streams.worker import EXIT_FATAL
-from tests.fixtures.fault_proxy import MESSAGE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, FaultyBroker
+from tests.fixtures.fault_proxy import INVALID_RECORD, MESSAGE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, FaultyBroker
 from tests.fixtures.kafka_io import Collected, Scenario, WorkerProcess, collect, json_events, produce_recorded
 
 pytestmark = pytest.mark.integration
@@ -64,6 +64,7 @@ def committed(scenario: Scenario) -> int:
 
 
 def wait_committed(scenario: Scenario, end: int, worker: WorkerProcess, timeout: float = 30) -> int:
+    """The commit follows the acknowledgements: wait for it (bounded)."""
     deadline = time.monotonic() + timeout
     while (offset := committed(scenario)) < end and time.monotonic() < deadline and worker.proc.poll() is None:
         time.sleep(0.5)
@@ -96,12 +97,17 @@ def test_the_proxy_alone_changes_nothing(faulty):
     assert [(k, v) for k, v, _ in got] == sent
     assert all(h == [("h", k)] for k, _, h in got)
     assert faulty.proxy.stats.produce_requests > 0 and not faulty.proxy.stats.refused_batches
+    # ApiVersions was rewritten: every Produce is one the proxy can decode (else it could not refuse)
+    assert faulty.proxy.stats.produce_versions == {8}, faulty.proxy.stats.produce_versions
 
 
-def test_an_output_refused_as_too_large_is_dead_lettered_and_its_neighbours_enriched(faulty, scenario):
+@pytest.mark.parametrize("code,name", [(MESSAGE_TOO_LARGE, b"MSG_SIZE_TOO_LARGE"), (INVALID_RECORD, b"INVALID_RECORD")])
+def test_an_output_refused_for_good_is_dead_lettered_and_its_neighbours_enriched(faulty, scenario, code, name):
+    """The broker refuses the whole partition batch holding the record, so the neighbours that
+    shared it get the same error: the worker must find the one it refuses alone."""
     events = json_events(40)
     victim = events[7][0]
-    faulty.proxy.refuse(scenario.output, MESSAGE_TOO_LARGE, key=victim)  # this record, every time
+    faulty.proxy.refuse(scenario.output, code, key=victim)  # this record, every time
     end = write(scenario, events)
     want = {k.decode() for k, _ in events} - {victim.decode()}
     worker = WorkerProcess(scenario).start()
@@ -121,7 +127,7 @@ def test_an_output_refused_as_too_large_is_dead_lettered_and_its_neighbours_enri
     assert reasons == [(victim, b"output_rejected")], f"dead letters: {reasons}"
     key, value, headers = got.dead[0]
     assert value == dict(events)[victim] and headers[ERR + "offset"] == b"7"
-    assert b"MSG_SIZE_TOO_LARGE" in headers[ERR + "exception.message"]
+    assert name in headers[ERR + "exception.message"]
     assert offset == end, f"committed {offset}, end {end}"
     assert exit_code == 0, tail
 
@@ -146,6 +152,7 @@ def test_a_dead_letter_refused_as_too_large_is_resent_bare(faulty, scenario):
     assert faulty.proxy.refused(scenario.dlq) >= 1, "the proxy never refused the dead letter"
     assert alive, f"the worker died:\n{tail}"
     assert want <= got.enriched_ids, sorted(want - got.enriched_ids)
+    assert got.dead, f"no dead letter: the refused one was not re-sent bare\n{tail}"
     assert len(got.dead) == 1, [h.get(ERR + "reason") for _, _, h in got.dead]
     key, value, headers = got.dead[0]
     assert key == b"poison" and value == b""
