@@ -38,31 +38,55 @@ class ConsumerState:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # consumer lag per partition
     # Per partition: the next offset to process and when it last moved (the stall detector).
     progress: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    # Per partition: since when records taken from it wait to be committed.
+    pending: dict[tuple[str, int], float] = field(default_factory=dict)
     assigned_at: float = field(default_factory=time.monotonic)
     # Why the worker is not processing right now (a dependency it waits for), or None.
     degraded: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def taken(self, records: list[InRecord]) -> None:
+        """The loop took these records; they are pending until committed."""
+        now = time.monotonic()
+        with self.lock:
+            for rec in records:
+                self.pending.setdefault((rec.topic, rec.partition), now)
 
     def advance(self, records: list[InRecord]) -> None:
         """The loop finished (committed) these records."""
         now = time.monotonic()
         with self.lock:
             for rec in records:
-                self.progress[(rec.topic, rec.partition)] = (rec.offset + 1, now)
+                tp = (rec.topic, rec.partition)
+                self.progress[tp] = (rec.offset + 1, now)
+                self.pending.pop(tp, None)
 
     def stalled(self, after_s: float) -> list[str]:
-        """Partitions that have lag but have not moved for `after_s` seconds."""
+        """Partitions that have not moved for `after_s` seconds while they have work: records
+        taken and not yet committed, or lag (from librdkafka's statistics, which only arrive
+        while the loop polls)."""
         now = time.monotonic()
         with self.lock:
-            lag, assigned, progress = dict(self.lag), list(self.assigned), dict(self.progress)
+            lag, assigned = dict(self.lag), list(self.assigned)
+            progress, pending = dict(self.progress), dict(self.pending)
         out = []
         for tp in assigned:
-            if lag.get(tp, 0) <= 0:
-                continue
-            _, since = progress.get(tp, (None, self.assigned_at))
-            if now - since > after_s:
+            _, moved = progress.get(tp, (None, self.assigned_at))
+            if tp in pending and now - pending[tp] > after_s:
+                out.append(f"{tp[0]}[{tp[1]}]")
+            elif lag.get(tp, 0) > 0 and now - moved > after_s:
                 out.append(f"{tp[0]}[{tp[1]}]")
         return out
+
+
+def _lag(part: dict) -> int:
+    """librdkafka's consumer lag; for a partition with nothing committed yet (a new group)
+    it reports -1, so the lag is then counted from the partition's first offset."""
+    lag = part.get("consumer_lag", -1)
+    if lag >= 0:
+        return lag
+    hi, lo = part.get("hi_offset", -1), part.get("lo_offset", -1)
+    return hi - max(lo, 0) if hi >= 0 else -1
 
 
 def consumer_config(settings: Settings, state: ConsumerState) -> dict:
@@ -70,10 +94,10 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         stats = json.loads(payload)
         up = sum(1 for b in stats.get("brokers", {}).values()
                  if b.get("nodeid", -1) >= 0 and b.get("state") == "UP")
-        lag = {(topic, int(p)): part["consumer_lag"]
+        lag = {(topic, int(p)): _lag(part)
                for topic, t in stats.get("topics", {}).items()
                for p, part in t.get("partitions", {}).items()
-               if int(p) >= 0 and part.get("consumer_lag", -1) >= 0}
+               if int(p) >= 0 and _lag(part) >= 0}
         with state.lock:
             state.brokers_up = up
             state.lag = lag
@@ -115,7 +139,6 @@ class BatchConsumer:
     def __init__(self, settings: Settings, topics: list[str]):
         self.settings = settings
         self.state = ConsumerState()
-        self.revoked = threading.Event()  # set by a revoke; the loop clears it per batch
         self._undecodable: dict[tuple[str, int], _Undecodable] = {}
         self._consumer = Consumer(consumer_config(settings, self.state))
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -127,6 +150,7 @@ class BatchConsumer:
             self.state.assigned = sorted((tp.topic, tp.partition) for tp in partitions)
             self.state.assigned_at = time.monotonic()
             self.state.progress.clear()
+            self.state.pending.clear()
         log.info("assigned %d partitions: %s", len(partitions),
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
 
@@ -135,7 +159,7 @@ class BatchConsumer:
         with self.state.lock:
             self.state.joined = False
             self.state.assigned = []
-        self.revoked.set()
+            self.state.pending.clear()
         self._undecodable.clear()
         log.info("revoked %d partitions", len(partitions))
 
@@ -160,6 +184,7 @@ class BatchConsumer:
             records.append(InRecord(m.topic(), m.partition(), m.offset(),
                                     None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
                                     m.key(), m.value(), read_headers(m)))
+        self.state.taken(records)
         return records
 
     def _on_error(self, m, err: KafkaError, records: list[InRecord], errored: set) -> None:

@@ -59,7 +59,9 @@ ERROR_TABLE: list[tuple[str, str, Action, str]] = [
     ("the model fails on a probe text too (accelerator error)", "infer", "RETRY",
      "accelerator: the models are reloaded once; if they still fail, EXIT"),
     ("schema registry refuses the credentials (401, 403)", "decode", "EXIT", "fix STREAMS_SCHEMA_REGISTRY_AUTH"),
-    ("producer fenced, authorization or authentication failed, invalid configuration",
+    ("the idempotent producer's state is lost (fenced epoch, sequence gap; e.g. after an outage)",
+     "produce", "RETRY", "broker: a new producer sends the batch again, once; if it is fenced too, EXIT"),
+    ("authorization or authentication failed, invalid configuration",
      "produce", "EXIT", "fix the credentials, ACLs or settings named in the message"),
     ("models fail on every input after a reload", "infer", "EXIT", "check the device and the model"),
 ]
@@ -82,6 +84,21 @@ _FATAL = {
     KafkaError.INVALID_CONFIG, KafkaError._FATAL, KafkaError.UNSUPPORTED_VERSION,
     KafkaError.INVALID_REQUIRED_ACKS, KafkaError.POLICY_VIOLATION,
 }
+
+
+# The idempotent producer's own state is lost (its epoch fenced, sequence numbers out of order):
+# librdkafka makes such errors fatal for the producer instance. After a broker outage that is
+# what a broker answers the producer's epoch bump (tansu does), so a new producer (a new
+# producer id) sends the records again, once per batch; if that one fails the same way, EXIT.
+PRODUCER_STATE_LOST = {
+    KafkaError.PRODUCER_FENCED, KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.UNKNOWN_PRODUCER_ID, KafkaError._FATAL,
+    KafkaError._GAPLESS_GUARANTEE,
+}
+
+
+def producer_state_lost(err: KafkaError) -> bool:
+    return err.code() in PRODUCER_STATE_LOST or (err.fatal() and err.code() not in _FATAL - PRODUCER_STATE_LOST)
 
 
 def classify_delivery(err: KafkaError) -> Action:

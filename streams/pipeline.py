@@ -69,7 +69,8 @@ class Runtime:
         # One thread: the models are not shared between concurrent forward passes.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.producer = AckingProducer(settings.librdkafka_config(),
+        self.producer = AckingProducer(settings.librdkafka_config() | {
+                                           "message.timeout.ms": int(settings.delivery_timeout_s * 1000)},
                                        max_message_bytes=settings.max_message_bytes,
                                        max_backoff_s=settings.retry_max_backoff_s)
 

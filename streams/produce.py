@@ -17,7 +17,7 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from .errors import FatalError, classify_delivery, sanitize
+from .errors import FatalError, classify_delivery, producer_state_lost, sanitize
 from .records import OutRecord
 
 log = logging.getLogger("streams.produce")
@@ -39,8 +39,9 @@ class AckingProducer:
                  max_backoff_s: float = 30.0):
         self.max_message_bytes = max_message_bytes
         self.max_backoff_s = max_backoff_s
-        self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
-                                            "linger.ms": 5, "message.max.bytes": max_message_bytes})
+        self._config = config | {"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                 "message.max.bytes": max_message_bytes}
+        self._producer = Producer(self._config)
         self._failed: list[tuple[OutRecord, KafkaError]] = []
         self._lock = threading.Lock()
         self.retrying: str | None = None  # why deliveries are being retried right now
@@ -79,6 +80,7 @@ class AckingProducer:
         rejected: list[tuple[OutRecord, str]] = []
         suspects: list[OutRecord] = []  # refused alongside others: each goes again alone
         attempt = 0
+        renewed = False
         try:
             while records or suspects:
                 if not records:
@@ -92,8 +94,16 @@ class AckingProducer:
                 with self._lock:
                     failed, self._failed = self._failed, []
                 records = []
+                lost = next((err for _, err in failed if producer_state_lost(err)), None)
+                if lost is not None:
+                    if renewed:
+                        raise FatalError(f"a new producer was fenced too ({lost.name()}: "
+                                         f"{sanitize(lost.str())}): another process may be using this "
+                                         "producer's identity; check the deployment")
+                    renewed = True
+                    failed = self._renew(failed, lost)
                 for record, err in failed:
-                    action = classify_delivery(err)
+                    action = _action(err)
                     if action == "EXIT":
                         raise FatalError(f"the broker refused to take {record.topic!r}: {err.name()} "
                                          f"({sanitize(err.str())}); check the producer's credentials, "
@@ -106,7 +116,7 @@ class AckingProducer:
                         records.append(record)
                 if records:
                     attempt += 1
-                    retried = [err for _, err in failed if classify_delivery(err) == "RETRY"]
+                    retried = [err for _, err in failed if _action(err) == "RETRY"]
                     self.retrying = f"broker: {retried[0].name()}"
                     log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
                                 attempt, sanitize(retried[0].str()))
@@ -116,3 +126,22 @@ class AckingProducer:
         finally:
             self.retrying = None
         return rejected
+
+    def _renew(self, failed: list[tuple[OutRecord, KafkaError]], why: KafkaError) -> list[tuple[OutRecord, KafkaError]]:
+        """Replace a producer whose idempotence state is lost by a new one (a new producer id);
+        every record the old one still held comes back as failed, to be sent again."""
+        log.warning("the producer lost its idempotence state (%s); sending the batch again with a "
+                    "new producer", why.name())
+        old = self._producer
+        old.purge()
+        old.flush(5.0)
+        with self._lock:
+            failed, self._failed = failed + self._failed, []
+        self._producer = Producer(self._config)
+        seen: set[int] = set()
+        return [(r, e) for r, e in failed if id(r) not in seen and not seen.add(id(r))]
+
+
+def _action(err: KafkaError):
+    """A lost idempotence state is retried with a new producer (`_renew`); the rest as classified."""
+    return "RETRY" if producer_state_lost(err) else classify_delivery(err)

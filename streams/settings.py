@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     stall_after_s: float = Field(
         300.0, gt=0, description="/readyz turns not-ready when a partition with lag has not advanced "
                                  "for this long")
+    delivery_timeout_s: float = Field(
+        300.0, gt=0, description="librdkafka's message.timeout.ms: a delivery not acknowledged in this "
+                                 "time fails and the worker sends it again (the broker is waited out)")
     retry_max_backoff_s: float = Field(30.0, gt=0, description="longest pause between retries of a "
                                                                "batch while a dependency is down")
 

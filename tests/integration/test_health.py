@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.kafka import ensure_topics
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, json_events, produce
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,7 @@ def _get(port: int, path: str) -> tuple[int, dict]:
 
 def test_liveness_and_readiness(broker, tiny_models, model_cache, tmp_path):
     scenario = Scenario(broker.bootstrap, tiny_models, model_cache, tmp_path)
+    ensure_topics(scenario.settings)  # the worker never creates its input topics
     worker = WorkerProcess(scenario).start()
     try:
         deadline = time.monotonic() + 90
