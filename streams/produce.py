@@ -5,7 +5,8 @@ The worker commits its input offsets after this returns, never before (at-least-
 deliveries are sorted by `streams.errors.classify_delivery`:
 - RETRY (broker down, timed out): the same record (headers included) is sent again with
   backoff, for as long as it takes; `retrying` says why meanwhile (/readyz reads it);
-- DLQ (this record is refused: too large, invalid): returned to the caller, who dead-letters it;
+- DLQ (this record is refused: too large, invalid): returned to the caller, who dead-letters it,
+  once it was refused when sent alone (the broker refuses whole batches);
 - EXIT (fenced, not authorized, invalid configuration): `FatalError`."""
 
 from __future__ import annotations
@@ -70,13 +71,21 @@ class AckingProducer:
         """Returns once the broker has acknowledged every record except those it refused for
         good, which come back with the reason. With a timeout, raises TimeoutError when that
         cannot happen in time; without one it keeps trying (the worker's shutdown grace
-        bounds it)."""
+        bounds it).
+
+        The broker refuses a whole partition batch, not a record: every record that shared a
+        refused batch gets the error. So a record refused while others were in flight is sent
+        again alone, and only a record refused on its own is returned."""
         deadline = None if timeout is None else time.monotonic() + timeout
         rejected: list[tuple[OutRecord, str]] = []
+        suspects: list[OutRecord] = []  # refused alongside others: each goes again alone
         attempt = 0
         renewed = False
         try:
-            while records:
+            while records or suspects:
+                if not records:
+                    records, suspects = suspects[:1], suspects[1:]
+                alone = len(records) == 1
                 for record in records:
                     self._produce(record)
                 while self._producer.flush(1.0) > 0:
@@ -94,20 +103,23 @@ class AckingProducer:
                     renewed = True
                     failed = self._renew(failed, lost)
                 for record, err in failed:
-                    action = "RETRY" if producer_state_lost(err) else classify_delivery(err)
+                    action = _action(err)
                     if action == "EXIT":
                         raise FatalError(f"the broker refused to take {record.topic!r}: {err.name()} "
                                          f"({sanitize(err.str())}); check the producer's credentials, "
                                          "ACLs and settings")
-                    if action == "DLQ":
+                    if action == "DLQ" and alone:
                         rejected.append((record, f"{err.name()}: {sanitize(err.str())}"))
+                    elif action == "DLQ":
+                        suspects.append(record)
                     else:
                         records.append(record)
                 if records:
                     attempt += 1
-                    self.retrying = f"broker: {failed[0][1].name()}"
+                    retried = [err for _, err in failed if _action(err) == "RETRY"]
+                    self.retrying = f"broker: {retried[0].name()}"
                     log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
-                                attempt, sanitize(failed[0][1].str()))
+                                attempt, sanitize(retried[0].str()))
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"{len(records)} records could not be delivered")
                     time.sleep(min(self.max_backoff_s, 0.2 * 2 ** attempt))
@@ -129,3 +141,7 @@ class AckingProducer:
         seen: set[int] = set()
         return [(r, e) for r, e in failed if id(r) not in seen and not seen.add(id(r))]
 
+
+def _action(err: KafkaError):
+    """A lost idempotence state is retried with a new producer (`_renew`); the rest as classified."""
+    return "RETRY" if producer_state_lost(err) else classify_delivery(err)
