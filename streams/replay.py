@@ -287,7 +287,8 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
 
     if output in settings.routes:
         raise ValueError(f"output topic {output!r} is an input topic: refusing to replay into it")
-    runtime.catalog.register_output(output)  # a new output topic: its subject, like any other
+    # A new output topic: its subject, with the schema of the route's own output topic.
+    runtime.catalog.register_output(output, like=settings.route(topic).output)
     route = settings.route(topic).model_copy(update={"output": output})
     version = ",".join(sorted({m.version for m in runtime.engine.models}))
     progress = Progress()

@@ -163,11 +163,13 @@ class SchemaCatalog:
                 raise SchemaError(f"schema registry: subject {subject(topic)}: {exc}") from exc
         self._ready = True
 
-    def register_output(self, topic: str) -> None:
-        """One more output topic (a replay's --output-topic): registered, or looked up where
+    def register_output(self, topic: str, like: str | None = None) -> None:
+        """One more output topic (a replay's --output-topic) with the schema of the output topic
+        `like` (the route's own; default the plain EnrichedEvent): registered, or looked up where
         auto-registration is off, like the configured ones; encoding then finds its subject."""
         if topic not in self.output_topics:
             self.output_topics.append(topic)
+            self._output_schemas[topic] = self._output_schemas[like] if like else self.enriched_schema
             self._ready = False
         self.ensure_registered()
 
