@@ -222,7 +222,8 @@ def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, **e
         rss_kb = _proc_status_kb(rig.worker.pid, "VmHWM")
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {"events": n, "received": len(latencies), "events_per_s": _rate(len(latencies), elapsed),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
+            "p99_ms": float(np.percentile(lat, 99)),
             "worker_peak_rss_mb": rss_kb / 1024,
             "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6}
 
@@ -300,7 +301,9 @@ def _mean_run(runs: list[dict]) -> dict:
 
 
 def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = True,
-        rounds: int = 3) -> dict:
+        rounds: int = 3, bounds: dict | None = None) -> dict:
+    """All runs; the figures go to `out` (JSON) and a chart of them beside it (`out` with .png).
+    `bounds` marks the chart; by default the bounds.json next to `out` (bench/bounds.json)."""
     from .engine import Engine, LabelSet
 
     settings = Settings()
@@ -341,8 +344,99 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
         results["ratios"]["traced/untraced"] = (results["end_to_end_traced"]["events_per_s"]
                                                 / results["end_to_end"]["events_per_s"])
     results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["chart"] = str(out.with_suffix(".png"))
     out.write_text(json.dumps(results, indent=2))
+    if bounds is None and (out.parent / "bounds.json").exists():
+        bounds = json.loads((out.parent / "bounds.json").read_text())
+    plot(results, out.with_suffix(".png"), bounds)
     return results
+
+
+# Which run each ratio compares with which: the chart marks, on the numerator's bar, the
+# events/s the bound asks of it (bound x the denominator's figure).
+_RUNS = [("naive", "naive (batch 1)"), ("reference", "reference (pipelines, 32)"),
+         ("engine", "engine"), ("int8", "engine, int8 (opt-in, CPU)"), ("end_to_end", "end-to-end"),
+         ("end_to_end_traced", "end-to-end, traced"), ("stream_ceiling", "stream ceiling (no-op)")]
+_RATIO_RUNS = {"end_to_end/engine": ("end_to_end", "engine"), "engine/naive": ("engine", "naive"),
+               "engine/reference": ("engine", "reference"),
+               "traced/untraced": ("end_to_end_traced", "end_to_end")}
+
+
+def _events_per_s(results: dict, key: str) -> float | None:
+    value = results.get(key)
+    return value.get("events_per_s") if isinstance(value, dict) else value
+
+
+def plot(results: dict, path: Path, bounds: dict | None = None) -> Path:
+    """Draw a results dict (what `run` writes) as a PNG: events/s per run on a log axis, each
+    round as a dot, each ratio's bound as a red tick on its run's bar (the bar must reach it),
+    and the stream runs' latency percentiles. Agg backend: no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bounds = bounds or {}
+    runs = [(key, name, _events_per_s(results, key)) for key, name in _RUNS
+            if _events_per_s(results, key) is not None]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [3, 2]})
+    fig.suptitle(f"streams bench on {results.get('device', '?')} ({results.get('cpu_count', '?')} cores), "
+                 f"batch {results.get('batch', '?')}")
+    rows = {key: i for i, (key, _, _) in enumerate(runs)}
+    left.barh(range(len(runs)), [v for *_, v in runs], color="#4c72b0")
+    left.set_xscale("log")
+    left.set_xlabel("events/s (log scale)")
+    left.invert_yaxis()
+    rounds = {"engine": results.get("engine_runs_events_per_s", [])}
+    for key in ("end_to_end", "end_to_end_traced"):
+        rounds[key] = (results.get(key) or {}).get("runs_events_per_s", [])
+    for key, values in rounds.items():
+        if key in rows and values:
+            left.plot(values, [rows[key]] * len(values), "o", color="black", ms=4,
+                      label="one round" if key == "engine" else None)
+    for key, _, value in runs:
+        left.text(max([value, *rounds.get(key, [])]) * 1.12, rows[key], f"{value:,.1f}", va="center",
+                  fontsize=8)
+    marks = []  # (row, events/s the bound asks)
+    notes: dict[str, list[str]] = {}  # per run: its ratios against their bounds, under its name
+    for name, measured in results.get("ratios", {}).items():
+        num, den = _RATIO_RUNS.get(name, (None, None))
+        low = bounds.get("ratios", {}).get(name)
+        notes.setdefault(num, []).append(f"{name} {measured:.2f}" + (f" (bound {low})" if low else ""))
+        if low and num in rows and _events_per_s(results, den) is not None:
+            marks.append((rows[num], low * _events_per_s(results, den)))
+    if bounds.get("stream_ceiling_events_per_s") and "stream_ceiling" in rows:
+        floor = bounds["stream_ceiling_events_per_s"]
+        marks.append((rows["stream_ceiling"], floor))
+        notes.setdefault("stream_ceiling", []).append(f"bound {floor:,}/s")
+    for i, (row, need) in enumerate(marks):
+        left.plot([need, need], [row - 0.42, row + 0.42], color="#c44e52", lw=2.5,
+                  label="bound: the bar must reach it" if i == 0 else None)
+    left.set_yticks(range(len(runs)), [name + "".join(f"\n{n}" for n in notes.get(key, []))
+                                       for key, name, _ in runs], fontsize=8)
+    if marks or any(rounds.values()):
+        left.legend(loc="upper right", fontsize=8)
+    left.set_xlim(right=max(v for *_, v in runs) * 4)
+
+    stream = [(name, results[key]) for key, name in _RUNS
+              if isinstance(results.get(key), dict) and "p50_ms" in results[key]]
+    percentiles = [p for p in ("p50_ms", "p90_ms", "p99_ms") if any(p in s for _, s in stream)]
+    width = 0.8 / max(1, len(percentiles))
+    for j, p in enumerate(percentiles):
+        xs = [i + (j - (len(percentiles) - 1) / 2) * width for i in range(len(stream))]
+        right.bar(xs, [s.get(p, float("nan")) for _, s in stream], width, label=p.removesuffix("_ms"))
+    right.set_xticks(range(len(stream)), [name for name, _ in stream], rotation=15, fontsize=8)
+    right.set_yscale("log")
+    right.set_ylabel("ms (log scale)")
+    right.set_title("latency percentiles\n(input record timestamp to enriched record read back)",
+                    fontsize=9)
+    if percentiles:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def check(results: dict, bounds: dict) -> list[str]:

@@ -53,3 +53,39 @@ def test_traced_harness_receives_spans_over_otlp(tmp_path):
     r = bench.bench_traced(200, log_dir=tmp_path, noop=True)
     assert r["received"] == 200
     assert r["spans_received"] >= 200  # at least one span per event reached the receiver
+
+
+# The figures measured in docs/benchmarks.md (commit de4fc2f), shaped as `bench.run` writes them.
+MEASURED = {
+    "device": "cpu", "cpu_count": 2, "batch": 32, "engine": 80.4, "naive": 38.7, "reference": 46.6,
+    "engine_runs_events_per_s": [88.4, 79.3, 73.6], "int8": {"events_per_s": 141.4},
+    "end_to_end": {"events_per_s": 80.5, "p50_ms": 14568.0, "p99_ms": 25527.0,
+                   "runs_events_per_s": [76.0, 78.8, 86.6]},
+    "end_to_end_traced": {"events_per_s": 76.8, "p50_ms": 14973.0, "p99_ms": 26869.0,
+                          "runs_events_per_s": [74.6, 70.0, 85.7]},
+    "stream_ceiling": {"events_per_s": 16621.0, "p50_ms": 652.0, "p90_ms": 800.0, "p99_ms": 934.0},
+    "ratios": {"end_to_end/engine": 1.00, "engine/naive": 2.08, "engine/reference": 1.73,
+               "traced/untraced": 0.954},
+}
+
+
+def test_plot_renders_a_png_from_a_results_dict(tmp_path):
+    """The chart is drawn from the results dict alone (no bench run): a real PNG of the size
+    asked for, and one without bounds or optional runs still renders."""
+    from PIL import Image
+
+    path = bench.plot(MEASURED, tmp_path / "results.png", BOUNDS | {"ratios": BOUNDS["ratios"]
+                                                                    | {"engine/reference": 1.0}})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.size == (1170, 540)  # 13 x 6 inches at 90 dpi
+        assert len(set(image.convert("RGB").get_flattened_data())) > 20  # bars, text and marks, not a blank canvas
+    minimal = {k: MEASURED[k] for k in ("device", "engine", "naive", "reference", "ratios")}
+    assert bench.plot(minimal, tmp_path / "minimal.png").stat().st_size > 5000
+
+
+def test_bound_marks_sit_where_the_bound_asks():
+    """engine/naive >= 1.3 asks the engine bar to reach 1.3 x naive's events/s."""
+    assert bench._RATIO_RUNS["engine/naive"] == ("engine", "naive")
+    assert 1.3 * bench._events_per_s(MEASURED, "naive") == pytest.approx(50.31)
+    assert bench._events_per_s(MEASURED, "end_to_end") == 80.5
