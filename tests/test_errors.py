@@ -1,4 +1,4 @@
-"""The error classes: the README's table is ERROR_TABLE, and messages are sanitized."""
+"""The error classes: the table in docs/delivery.md is ERROR_TABLE, and messages are sanitized."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from streams.errors import ERROR_TABLE, classify_delivery, describe, producer_st
 from streams.settings import REPO_ROOT
 
 
-def test_the_readme_table_is_the_code_table():
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_docs_table_is_the_code_table():
+    readme = (REPO_ROOT / "docs" / "delivery.md").read_text()
     block = re.search(r"<!-- error-table:start -->\n(.*?)\n<!-- error-table:end -->", readme, re.S).group(1)
     rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in block.splitlines()[2:]]
     assert rows == [list(r) for r in ERROR_TABLE]
