@@ -383,7 +383,7 @@ def plot(results: dict, path: Path, bounds: dict | None = None) -> Path:
     fig.suptitle(f"streams bench on {results.get('device', '?')} ({results.get('cpu_count', '?')} cores), "
                  f"batch {results.get('batch', '?')}")
     rows = {key: i for i, (key, _, _) in enumerate(runs)}
-    left.barh(range(len(runs)), [v for *_, v in runs], color="#4c72b0")
+    bars = left.barh(range(len(runs)), [v for *_, v in runs], color="#4c72b0")
     left.set_xscale("log")
     left.set_xlabel("events/s (log scale)")
     left.invert_yaxis()
@@ -412,6 +412,10 @@ def plot(results: dict, path: Path, bounds: dict | None = None) -> Path:
     for i, (row, need) in enumerate(marks):
         left.plot([need, need], [row - 0.42, row + 0.42], color="#c44e52", lw=2.5,
                   label="bound: the bar must reach it" if i == 0 else None)
+        if runs[row][2] < need:  # below its bound: `--check` fails on it
+            bars[row].set_color("#dd8452")
+            if "below its bound" not in [b.get_label() for b in bars]:
+                bars[row].set_label("below its bound")
     left.set_yticks(range(len(runs)), [name + "".join(f"\n{n}" for n in notes.get(key, []))
                                        for key, name, _ in runs], fontsize=8)
     if marks or any(rounds.values()):

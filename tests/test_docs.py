@@ -31,6 +31,9 @@ def test_the_docs_build_strictly(tmp_path):
         assert (tmp_path / "site" / name).is_file(), f"{page.name} was not built"
     home = (tmp_path / "site" / "index.html").read_text()
     assert "make run" in home and "--8&lt;--" not in home  # the README's quick start, included
+    # The README is not part of the site, so its links into it are checked here, anchors too.
+    for page, anchor in re.findall(r"\]\(docs/([^)#]+)\.md#([^)]+)\)", (REPO_ROOT / "README.md").read_text()):
+        assert f'id="{anchor}"' in (tmp_path / "site" / page / "index.html").read_text(), (page, anchor)
 
 
 @pytest.mark.parametrize("breakage", ["[a link](no-such-page.md)", "[an anchor](delivery.md#no-such-anchor)"])

@@ -101,7 +101,7 @@ def test_java_consumer_reads_every_event_like_python(scenario):
     assert any(s[2] for s in python_side), "no event has entities: the comparison proves little"
 
     # The framing the Java side read: the key, and the schema id the worker registered (every
-    # process registers the same subjects in the same order, see README).
+    # process registers the same subjects in the same order, see docs/contract.md).
     catalog = SchemaCatalog.from_settings(settings)
     catalog.ensure_registered()
     enriched_id = catalog.client.get_latest_version(subject(scenario.output)).schema_id
