@@ -9,7 +9,7 @@
   every input after a reload, invalid configuration). The process exits non-zero without
   committing the batch, with a message that says what to fix; the batch is re-delivered.
 
-`ERROR_TABLE` is the table the README shows (a test keeps the two equal)."""
+`ERROR_TABLE` is the table docs/delivery.md shows (a test keeps the two equal)."""
 
 from __future__ import annotations
 
