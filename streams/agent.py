@@ -42,6 +42,89 @@ BAD_HEADERS = [(OMITTED_HEADERS, b"a header name is not valid UTF-8; read the he
                                  b"source coordinates")]
 
 
+class Undecodable(tuple):
+    """Stands in for the headers of a record aiokafka could not decode (a batch whose
+    compression bits lie, a header name that is not UTF-8): `error` says why. A type, not a
+    header name, so no producer can forge it."""
+
+    error: str = ""
+
+
+def _placeholder(tp, offset: int, error: str):
+    from aiokafka.structs import ConsumerRecord
+
+    headers = Undecodable()
+    headers.error = error
+    return ConsumerRecord(tp.topic, tp.partition, offset, None, 0, None, None, None, -1, -1, headers)
+
+
+def install_undecodable_guard() -> None:
+    """aiokafka 0.14 decodes a fetched batch lazily inside Faust's fetcher; a batch it cannot
+    decode raises there, which crashes Faust's Fetcher and with it the worker, and the restarted
+    worker meets the same batch (a crash loop: the partition never moves). This wraps
+    `PartitionRecords._unpack_records` so that the records from the failure point to the end
+    of that batch come out as placeholders (`Undecodable` headers): the agent dead-letters them
+    by their coordinates and the partition moves on. The batch header (offsets) is read
+    without decompressing, so every offset gets exactly one outcome. CRC failures are left to
+    aiokafka (it re-fetches)."""
+    from aiokafka.consumer import fetcher
+
+    if getattr(fetcher.PartitionRecords, "_streams_guarded", False):
+        return
+    original = fetcher.PartitionRecords._unpack_records
+
+    def _unpack_records(self):
+        records = self._records
+        tp = self._tp
+        while records.has_next():
+            batch = records.next_batch()
+            if self._check_crcs and not batch.validate_crc():
+                raise fetcher.Errors.CorruptRecordException(f"Invalid CRC - {tp}")
+            if batch.is_control_batch or (
+                    self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None):
+                # Transactions: aiokafka's own path, one batch at a time.
+                sub = _OneBatch(batch)
+                saved, self._records = self._records, sub
+                try:
+                    yield from original(self)
+                finally:
+                    self._records = saved
+                continue
+            try:
+                for record in batch:
+                    if record.offset < self.next_fetch_offset:
+                        continue
+                    consumer_record = self._consumer_record(tp, record)
+                    self.next_fetch_offset = record.offset + 1
+                    yield consumer_record
+            except (UnicodeDecodeError, ValueError, OSError, EOFError, RuntimeError,
+                    fetcher.Errors.CorruptRecordException) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("%s[%d]: a batch at %d..%d cannot be decoded by aiokafka (%s); "
+                          "dead-lettering its records from %d by their coordinates", tp.topic,
+                          tp.partition, batch.base_offset, batch.next_offset - 1, type(exc).__name__,
+                          self.next_fetch_offset)
+                for offset in range(max(self.next_fetch_offset, batch.base_offset), batch.next_offset):
+                    self.next_fetch_offset = offset + 1
+                    yield _placeholder(tp, offset, error)
+            self.next_fetch_offset = batch.next_offset
+
+    fetcher.PartitionRecords._unpack_records = _unpack_records
+    fetcher.PartitionRecords._streams_guarded = True
+
+
+class _OneBatch:
+    def __init__(self, batch):
+        self._batch = batch
+
+    def has_next(self) -> bool:
+        return self._batch is not None
+
+    def next_batch(self):
+        batch, self._batch = self._batch, None
+        return batch
+
+
 def _headers(raw) -> list[tuple[str, bytes]]:
     """aiokafka hands headers as (str, bytes) pairs; anything else (a name it kept as bytes)
     is replaced like `streams.kafka.read_headers` does for librdkafka."""
@@ -56,6 +139,9 @@ def _headers(raw) -> list[tuple[str, bytes]]:
 
 def to_record(message) -> InRecord:
     ts = message.timestamp
+    if isinstance(message.headers, Undecodable):
+        return InRecord(message.topic, message.partition, message.offset, None, None, None, [],
+                        client_error=message.headers.error)
     return InRecord(message.topic, message.partition, message.offset,
                     None if ts is None else round(ts * 1000), message.key, message.value,
                     _headers(message.headers))
@@ -78,7 +164,7 @@ class AgentSource:
         self.stopping = threading.Event()
         self.ready = asyncio.Event()
         self.busy_since: float | None = None
-        self._running = False
+        self._running = 0  # agents running (one per input topic)
         self._epoch: dict[tuple[str, int], int] = {}  # per partition: assignments so far
         # One thread for the batches, so a batch never waits for a free thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-batch")
@@ -93,7 +179,7 @@ class AgentSource:
         self.ready.set()
 
     def alive(self) -> bool:
-        return self._running
+        return self._running == len(self.settings.topics)
 
     # -- assignment (Faust's signals) ------------------------------------------------------
     def assigned(self, tps) -> None:
@@ -124,7 +210,7 @@ class AgentSource:
     # -- the agent body --------------------------------------------------------------------
     async def consume(self, app, stream) -> None:
         """The agent: never lets an exception out (see the module's docstring)."""
-        self._running = True
+        self._running += 1
         try:
             await self.ready.wait()
             settings = self.settings
@@ -140,7 +226,7 @@ class AgentSource:
             log.exception("unexpected error in the agent; exiting without committing the batch")
             _exit(EXIT_UNFINISHED_BATCH)
         finally:
-            self._running = False
+            self._running = 0  # agents running (one per input topic)
 
     async def _batch(self, app, stream, events) -> None:
         records = [to_record(e.message) for e in events]

@@ -19,7 +19,7 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
-from .agent import AgentSource
+from .agent import AgentSource, install_undecodable_guard
 from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
@@ -130,13 +130,15 @@ def create_app(settings: Settings) -> faust.App:
 
 def _add_agent(app: faust.App, settings: Settings) -> None:
     source: AgentSource = app.source
-    topic = app.topic(*[r.input for r in settings.topics], key_serializer="raw",
-                      value_serializer="raw", acks=True)
+    install_undecodable_guard()
+    for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
+        topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
 
-    @app.agent(topic, name="streams.enrich", concurrency=1)
-    async def enrich(stream):
-        """Enrich the input topics: batches of max_batch events, acked after delivery."""
-        await source.consume(app, stream)
+        async def enrich(stream):
+            """Enrich one input topic: batches of max_batch events, acked after delivery."""
+            await source.consume(app, stream)
+
+        app.agent(topic, name=f"streams.enrich.{route.input}", concurrency=1)(enrich)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs) -> None:
