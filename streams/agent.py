@@ -14,8 +14,10 @@ Faust 0.15.3's commit traps (docs/sources.md) are closed here, not in Faust:
 - before the first batch of a partition is processed, a committed offset exists for it (the
   batch's first offset), because `_new_offset`'s guard against an unacked head is skipped while
   the committed offset is None or 0;
-- acks are in offset order and only for partitions still assigned since the batch was taken
-  (a partition revoked meanwhile is re-read by its new owner);
+- acks are in offset order, only after delivery. A rebalance waits for them: Faust's
+  `_on_partitions_revoked` waits until every event handed to the agent is acked
+  (`Consumer.wait_empty`), so a batch in flight is delivered, acked and committed before its
+  partitions move; skipping acks instead would hang that wait;
 - concurrency=1: one batch in flight, so acked offsets are always a prefix of what was read.
 """
 
@@ -165,7 +167,6 @@ class AgentSource:
         self.ready = asyncio.Event()
         self.busy_since: float | None = None
         self._running = 0  # agents running (one per input topic)
-        self._epoch: dict[tuple[str, int], int] = {}  # per partition: assignments so far
         # One thread for the batches, so a batch never waits for a free thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-batch")
 
@@ -191,16 +192,10 @@ class AgentSource:
             self.state.assigned_at = time.monotonic()
             self.state.progress.clear()
             self.state.pending.clear()
-        for tp in mine:
-            self._epoch[tp] = self._epoch.get(tp, 0) + 1
         log.info("assigned %d partitions: %s", len(mine),
                  ", ".join(f"{t}[{p}]" for t, p in mine) or "none")
 
     def revoked(self, tps) -> None:
-        for tp in tps:
-            key = (tp.topic, tp.partition)
-            if key in self._epoch:
-                self._epoch[key] += 1
         with self.state.lock:
             self.state.joined = False
             self.state.assigned = []
@@ -230,7 +225,6 @@ class AgentSource:
 
     async def _batch(self, app, stream, events) -> None:
         records = [to_record(e.message) for e in events]
-        epochs = {(r.topic, r.partition): self._epoch.get((r.topic, r.partition)) for r in records}
         await self._ensure_committed(app, records)
         self.state.taken(records)
         self.busy_since = time.monotonic()
@@ -244,9 +238,7 @@ class AgentSource:
         if not done:  # given up because the worker stops: not acked, re-delivered
             log.warning("stopping: the batch of %d records was not finished; not acked", len(records))
             return
-        for event, rec in zip(events, records):  # buffer order: offset order per partition
-            if self._epoch.get((rec.topic, rec.partition)) != epochs[(rec.topic, rec.partition)]:
-                continue  # revoked meanwhile: the new owner reads it again
+        for event in events:  # buffer order: offset order per partition
             await stream.ack(event)
 
     async def _ensure_committed(self, app, records: list[InRecord]) -> None:
@@ -264,8 +256,9 @@ class AgentSource:
             if committed.get(tp) is None:
                 missing[tp] = offset
         if missing:
-            if not await consumer._commit(missing):
-                raise FatalError(f"could not commit the start offsets of {sorted(map(tuple, missing))}")
+            if not await consumer._commit(missing):  # a rebalance: the next batch tries again
+                log.warning("could not commit the start offsets of %d partitions", len(missing))
+                return
             committed.update(missing)
             log.info("committed start offsets %s", ", ".join(f"{tp.topic}[{tp.partition}]@{o}"
                                                               for tp, o in missing.items()))
