@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 
 import faust
 from faust.app.base import BootStrategy
@@ -60,6 +61,26 @@ class _AgentApp(faust.App):
             guard.cancel()
 
 
+def faust_credentials(settings: Settings):
+    """The same security settings as the librdkafka clients, for Faust's aiokafka consumer."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(username=settings.kafka_sasl_username or "",
+                                 password=password.get_secret_value() if password else "",
+                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+
+
 def _faust_settings(settings: Settings) -> dict:
     """A batch may take as long as max_poll_interval_s (the models, a dependency waited out):
     Faust must neither leave the group nor log livelock errors before that."""
@@ -78,6 +99,7 @@ def _faust_settings(settings: Settings) -> dict:
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,
         topic_disable_leader=True,
+        broker_credentials=faust_credentials(settings),
     )
 
 

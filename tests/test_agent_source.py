@@ -81,3 +81,21 @@ def test_headers_that_are_not_str_names_are_replaced_by_the_marker():
 def test_records_below_the_fetch_offset_are_skipped(fetch_offset):
     out = _fetched([build_batch([(b"a", b"0", []), (b"b", b"1", [])])], fetch_offset)
     assert [r.offset for r in out] == [0, 1][fetch_offset:]
+
+
+def test_the_agent_consumer_gets_the_same_security_as_the_librdkafka_clients():
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from streams.app import faust_credentials
+
+    assert faust_credentials(Settings()) is None
+    sasl = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="SCRAM-SHA-512",
+                    kafka_sasl_username="svc", kafka_sasl_password="s3cret")
+    auth = credentials_to_aiokafka_auth(faust_credentials(sasl))
+    assert auth["security_protocol"] == "SASL_PLAINTEXT" and auth["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("svc", "s3cret")
+    tls = credentials_to_aiokafka_auth(faust_credentials(
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN")))
+    assert tls["security_protocol"] == "SASL_SSL" and tls["ssl_context"] is not None
+    assert credentials_to_aiokafka_auth(faust_credentials(Settings(kafka_security_protocol="SSL")))[
+        "security_protocol"] == "SSL"
