@@ -221,7 +221,7 @@ class AgentSource:
             log.exception("unexpected error in the agent; exiting without committing the batch")
             _exit(EXIT_UNFINISHED_BATCH)
         finally:
-            self._running = 0  # agents running (one per input topic)
+            self._running -= 1
 
     async def _batch(self, app, stream, events) -> None:
         records = [to_record(e.message) for e in events]
