@@ -35,8 +35,14 @@ jemalloc:
 run: setup
 	$(BIN)/streams demo
 
+# The worker tests once more with the Faust agent as the source (docs/sources.md);
+# tests/integration/test_agent.py runs both sources in the first pass already.
+FAUST_SOURCE_TESTS = tests/integration/test_worker.py tests/integration/test_health.py \
+	tests/integration/test_poison.py tests/integration/test_poison_wire.py tests/integration/test_dependencies.py
+
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --source faust $(FAUST_SOURCE_TESTS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not models and not integration" $(PYTEST_ARGS)

@@ -1,22 +1,26 @@
-"""The Faust worker that hosts the enrichment loop.
+"""The Faust application: lifecycle (start-up, SIGTERM/SIGINT, logging), the HTTP server for
+health and metrics, and the source that consumes the input topics (`STREAMS_SOURCE`):
 
-Faust gives the process its lifecycle (start-up, SIGTERM/SIGINT, logging) and the HTTP server
-for health and metrics. The records themselves go through `streams.worker.EnrichmentLoop`, a
-librdkafka batch consumer in its own thread: Faust's per-event stream cost ~280 µs of CPU per
-event here, which capped a worker near 3,000 events/s, below what one GPU consumes. So Faust's
-own Kafka consumer and producer are not started (`_HostOnly`), and the consumer group is the
-loop's (`STREAMS_APP_ID`). `faust -A streams.app worker` and `streams worker` both run this."""
+- `faust` (streams.agent): an `@app.agent` over the input topics, Faust's consumer, acks
+  after delivery. `faust -A streams.app agents` lists it; users add their own agents beside it.
+- `librdkafka` (streams.worker.EnrichmentLoop): a librdkafka batch consumer in a thread, with
+  Faust's Kafka clients off (`_HostOnly`); ~10x the events/s of the agent (docs/sources.md).
+
+Both run every batch through the same `BatchProcessor`; the consumer group is
+`STREAMS_APP_ID`. `faust -A streams.app worker` and `streams worker` both run this."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import ssl
 
 import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
+from .agent import AgentSource, install_undecodable_guard
 from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
@@ -32,12 +36,76 @@ class _HostOnly(BootStrategy):
     enable_kafka = False
 
 
+class _AgentOnly(BootStrategy):
+    """Faust's Kafka clients for the agent; no sensors (5-10 % of the agent's CPU here)."""
+
+    enable_sensors = False
+
+
 class _App(faust.App):
     BootStrategy = _HostOnly
 
 
+class _AgentApp(faust.App):
+    BootStrategy = _AgentOnly
+
+    async def on_stop(self) -> None:
+        """Faust waits here until every event handed to the agent is acked (the batch in
+        flight finishes and is committed); past the grace period, exit 70 without it."""
+        settings = self.conf.streams_settings
+        log.info("shutting down: finishing the batch in flight (grace %.0fs)", settings.shutdown_grace_s)
+        guard = self.source.shutdown_guard(settings.shutdown_grace_s)
+        try:
+            await super().on_stop()
+        finally:
+            guard.cancel()
+
+
+def faust_credentials(settings: Settings):
+    """The same security settings as the librdkafka clients, for Faust's aiokafka consumer."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(str(settings.kafka_ssl_certfile),
+                                    str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(username=settings.kafka_sasl_username or "",
+                                 password=password.get_secret_value() if password else "",
+                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+
+
+def _faust_settings(settings: Settings) -> dict:
+    """A batch may take as long as max_poll_interval_s (the models, a dependency waited out):
+    Faust must neither leave the group nor log livelock errors before that."""
+    slow = settings.max_poll_interval_s
+    return dict(
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 5),
+        broker_request_timeout=max(90.0, settings.kafka_session_timeout_s + 10),
+        broker_max_poll_interval=slow,
+        broker_rebalance_timeout=slow,
+        broker_commit_livelock_soft_timeout=slow,
+        stream_processing_timeout=slow,
+        broker_commit_interval=1.0,
+        broker_commit_every=4 * settings.max_batch,
+        stream_buffer_maxsize=max(2 * settings.max_batch, settings.max_in_flight),
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        broker_credentials=faust_credentials(settings),
+    )
+
+
 def create_app(settings: Settings) -> faust.App:
-    app = _App(
+    agent = settings.source == "faust"
+    app = (_AgentApp if agent else _App)(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         web_enabled=settings.health_port > 0,
@@ -45,10 +113,14 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.health_bind,
         datadir=str(settings.model_cache.parent / "faust-data"),
         logging_config=logging_config(settings.log_level, settings.log_format),
+        **(_faust_settings(settings) if agent else {}),
     )
     app.conf.streams_settings = settings  # for tests and the CLI
     app.runtime = None  # type: ignore[attr-defined]
-    app.loop_runner = None  # type: ignore[attr-defined]
+    # The source: what health, metrics and shutdown read (state, alive(), runtime).
+    app.source = AgentSource(settings) if agent else None  # type: ignore[attr-defined]
+    if agent:
+        _add_agent(app, settings)
 
     @app.service
     class Enrichment(Service):
@@ -58,11 +130,14 @@ def create_app(settings: Settings) -> faust.App:
         async def on_start(self) -> None:
             if app.runtime is None:
                 app.runtime = await asyncio.to_thread(Runtime.load, settings)
-            app.loop_runner = EnrichmentLoop(app.runtime).start()
+            if agent:
+                app.source.attach(app.runtime)
+            else:
+                app.source = EnrichmentLoop(app.runtime).start()
 
         async def on_stop(self) -> None:
-            runner: EnrichmentLoop | None = app.loop_runner
-            if runner is None:
+            runner = app.source
+            if not isinstance(runner, EnrichmentLoop):
                 return
             log.info("shutting down: finishing the batch in flight (grace %.0fs)", settings.shutdown_grace_s)
             if not await asyncio.to_thread(runner.stop, settings.shutdown_grace_s):
@@ -73,6 +148,31 @@ def create_app(settings: Settings) -> faust.App:
 
     add_health_pages(app)
     return app
+
+
+def _add_agent(app: faust.App, settings: Settings) -> None:
+    source: AgentSource = app.source
+    install_undecodable_guard()
+    for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
+        topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
+
+        async def enrich(stream):
+            """Enrich one input topic: batches of max_batch events, acked after delivery."""
+            await source.consume(app, stream)
+
+        app.agent(topic, name=f"streams.enrich.{route.input}", concurrency=1)(enrich)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs) -> None:
+        source.assigned(assigned)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        source.revoked(revoked)
+
+    @app.task
+    async def watch() -> None:
+        await source.watch(app)
 
 
 settings = Settings()

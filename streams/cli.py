@@ -74,7 +74,21 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - broker unreachable and the like
         _fail(f"{type(exc).__name__}: {exc}")
+    if settings.source == "faust":
+        _use_uvloop()
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _use_uvloop() -> None:
+    """The Faust agent's event loop is its bottleneck; uvloop cuts its cost per event
+    (`faust -A streams.app worker -L uvloop` does the same)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    import asyncio
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _use_configured_allocator() -> None:

@@ -1,7 +1,10 @@
 """Health over HTTP on the Faust worker's web server, for Kubernetes probes.
 
-/livez   200 while the event loop answers and the enrichment loop's thread is alive and
-         polling (a loop stuck longer than max_poll_interval_s is not live, unless it is
+Both sources (`app.source`: the librdkafka loop or the Faust agent) give the same three
+things: `state` (a ConsumerState), `alive()` and `runtime`.
+
+/livez   200 while the event loop answers and the source (the loop's thread, the agent) is
+         alive and polling (a loop stuck longer than max_poll_interval_s is not live, unless it is
          waiting out a failed dependency, which it reports on /readyz), else 503
 /readyz  200 once the models are loaded, the consumer has joined its group, a broker is
          reachable, no dependency is being waited for (registry, broker, accelerator) and no
@@ -22,20 +25,22 @@ METRICS_PATH = "/metrics"
 
 
 def liveness(app: faust.App) -> tuple[bool, dict]:
-    runner = getattr(app, "loop_runner", None)
-    if runner is None:  # still loading models: live, not ready
+    runner = getattr(app, "source", None)
+    if runner is None or runner.runtime is None:  # still loading models: live, not ready
         return True, {"status": "ok", "loop": "starting"}
-    since_poll = time.monotonic() - runner.consumer.state.last_poll
+    since_poll = time.monotonic() - runner.state.last_poll
     stuck_after = app.conf.streams_settings.max_poll_interval_s
-    waiting = runner.consumer.state.degraded is not None or runner.runtime.producer.retrying is not None
+    waiting = runner.state.degraded is not None or runner.runtime.producer.retrying is not None
     live = runner.alive() and (since_poll < stuck_after or waiting)
     return live, {"status": "ok" if live else "stuck", "loop_alive": runner.alive(),
                   "seconds_since_poll": round(since_poll, 1)}
 
 
 def readiness(app: faust.App) -> tuple[bool, dict]:
-    runner = getattr(app, "loop_runner", None)
-    state = runner.consumer.state if runner is not None else None
+    runner = getattr(app, "source", None)
+    if runner is not None and runner.runtime is None:
+        runner = None
+    state = runner.state if runner is not None else None
     checks = {
         "models_loaded": getattr(app, "runtime", None) is not None,
         "consumer_started": runner is not None and runner.alive(),

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
                                       extra="ignore")
 
     app_id: str = Field("streams-enricher", description="Faust app id; also the consumer group")
+    source: Literal["faust", "librdkafka"] = Field(
+        "librdkafka", description="what consumes the input topics: faust (a Faust agent, "
+                                  "`faust -A streams.app agents` lists it; ~5-9k events/s per process) "
+                                  "or librdkafka (a batch consumer in a thread, the fast path for "
+                                  "models that outrun one Faust process); see docs/sources.md")
     worker_id: str = Field("", description="names this worker in DLQ headers; default host:pid")
 
     # Kafka connection and security (SASL PLAIN/SCRAM and SSL reach every client).

@@ -13,8 +13,9 @@ import os
 import threading
 import time
 from collections import defaultdict
+from typing import Callable
 
-from .consume import BatchConsumer
+from .consume import BatchConsumer, ConsumerState
 from .errors import FatalError, RetriableError
 from .pipeline import Runtime, deliver, enrich_records
 from .records import InRecord
@@ -25,15 +26,19 @@ EXIT_UNFINISHED_BATCH = 70  # exit status when a batch could not finish: it was 
 EXIT_FATAL = 78  # a fatal error (EX_CONFIG): what to fix is in the last log line
 
 
-class EnrichmentLoop:
-    def __init__(self, runtime: Runtime, consumer: BatchConsumer | None = None):
+class BatchProcessor:
+    """Everything below "take", shared by both sources: enrich a batch, deliver its outputs
+    and dead letters (acks=all), then `commit(records)`, retried while a dependency is down.
+    `commit` is the source's: librdkafka commits synchronously; the Faust agent acks its
+    events itself once this returns (so it passes a no-op)."""
+
+    def __init__(self, runtime: Runtime, state: ConsumerState,
+                 commit: Callable[[list[InRecord]], bool], stopping: threading.Event):
         self.runtime = runtime
-        settings = runtime.settings
-        self.consumer = consumer or BatchConsumer(settings, [r.input for r in settings.topics])
-        self.stopping = threading.Event()
+        self.state = state
+        self.commit = commit
+        self.stopping = stopping
         self.batches = 0
-        self._reported_lag: dict = {}
-        self._thread: threading.Thread | None = None
 
     # -- one batch ---------------------------------------------------------------------------
     def process(self, records: list[InRecord]) -> None:
@@ -70,28 +75,19 @@ class EnrichmentLoop:
         produce_s = time.perf_counter() - sent
         for result in results:
             result.end_trace()  # the send spans end at the acknowledgement
-        if self.consumer.commit(records):
-            self.consumer.state.advance(records)
+        if self.commit(records):
+            self.state.advance(records)
         for topic, recs in by_topic.items():
             telemetry.record_produce(topic, produce_s)
             telemetry.add_in_flight(-len(recs), topic)
         self.batches += 1
 
-    def _report_lag(self) -> None:
-        """Consumer lag per partition, from librdkafka's statistics (every 5 s)."""
-        lag = self.consumer.state.lag
-        if lag is not self._reported_lag:
-            self._reported_lag = lag
-            for (topic, partition), value in lag.items():
-                self.runtime.telemetry.record_lag(topic, partition, value)
-
-    # -- the loop ----------------------------------------------------------------------------
     def process_until_done(self, records: list[InRecord]) -> bool:
         """`process`, retried with backoff while a dependency is down (nothing is dead-lettered
         and nothing committed meanwhile; /readyz says why). A broken engine is reloaded once;
         if it still fails, that is fatal. False when the batch was given up because the worker
         is stopping: it was not committed and will be re-delivered."""
-        state, telemetry = self.consumer.state, self.runtime.telemetry
+        state, telemetry = self.state, self.runtime.telemetry
         attempt, reloaded = 0, False
         while True:
             try:
@@ -118,6 +114,42 @@ class EnrichmentLoop:
                 telemetry.record_retry(None)
                 log.info("recovered after %d retries", attempt)
             return True
+
+
+class EnrichmentLoop:
+    """The librdkafka source: `BatchConsumer.take` in a thread, each batch through the shared
+    `BatchProcessor`, committed synchronously after delivery."""
+
+    def __init__(self, runtime: Runtime, consumer: BatchConsumer | None = None):
+        self.runtime = runtime
+        settings = runtime.settings
+        self.consumer = consumer or BatchConsumer(settings, [r.input for r in settings.topics])
+        self.stopping = threading.Event()
+        self.processor = BatchProcessor(runtime, self.consumer.state, self.consumer.commit, self.stopping)
+        self._reported_lag: dict = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> ConsumerState:
+        return self.consumer.state
+
+    @property
+    def batches(self) -> int:
+        return self.processor.batches
+
+    def process(self, records: list[InRecord]) -> None:
+        self.processor.process(records)
+
+    def process_until_done(self, records: list[InRecord]) -> bool:
+        return self.processor.process_until_done(records)
+
+    def _report_lag(self) -> None:
+        """Consumer lag per partition, from librdkafka's statistics (every 5 s)."""
+        lag = self.consumer.state.lag
+        if lag is not self._reported_lag:
+            self._reported_lag = lag
+            for (topic, partition), value in lag.items():
+                self.runtime.telemetry.record_lag(topic, partition, value)
 
     def run(self) -> None:
         """Until `stop()`: a batch in progress always finishes (delivered and committed)."""

@@ -36,3 +36,18 @@ def broker(tmp_path_factory):
     embedded.start()
     yield embedded
     embedded.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--source", choices=["faust", "librdkafka"], default=None,
+                     help="STREAMS_SOURCE for the workers the tests start (default: the setting's)")
+
+
+def pytest_configure(config):
+    source = config.getoption("--source", None)
+    if source:
+        os.environ["STREAMS_SOURCE"] = source
+
+
+def pytest_report_header(config):
+    return f"worker source: {os.environ.get('STREAMS_SOURCE', 'default')}"

@@ -1,0 +1,304 @@
+"""The Faust agent source (STREAMS_SOURCE=faust): `@app.agent` over the input topics.
+
+The agent takes micro-batches with `stream.noack_take(max_batch, within=max_wait_s)`, turns
+the events into `InRecord`s and hands them to the same `BatchProcessor` as the librdkafka
+loop, in a thread of its own (the event loop keeps heartbeating and serving health). Only
+after the broker acknowledged a batch's outputs and dead letters are its events acked, one by
+one in offset order; Faust then commits, per partition, the end of the run of consecutive
+acked offsets (faust/transport/consumer.py `Consumer._new_offset`, ~1097-1151).
+
+Faust 0.15.3's commit traps (docs/sources.md) are closed here, not in Faust:
+- nothing escapes the agent body: an exception would crash the actor, and the supervisor
+  would restart it with acks re-enabled, committing past the failed batch. A FatalError exits
+  78, anything unexpected 70, both without acking;
+- before the first batch of a partition is processed, a committed offset exists for it (the
+  batch's first offset), because `_new_offset`'s guard against an unacked head is skipped while
+  the committed offset is None or 0;
+- acks are in offset order, only after delivery. A rebalance waits for them: Faust's
+  `_on_partitions_revoked` waits until every event handed to the agent is acked
+  (`Consumer.wait_empty`), so a batch in flight is delivered, acked and committed before its
+  partitions move; skipping acks instead would hang that wait;
+- concurrency=1: one batch in flight, so acked offsets are always a prefix of what was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .consume import ConsumerState
+from .errors import FatalError
+from .kafka import OMITTED_HEADERS
+from .pipeline import Runtime
+from .records import InRecord
+from .settings import Settings
+from .worker import EXIT_FATAL, EXIT_UNFINISHED_BATCH, BatchProcessor
+
+log = logging.getLogger("streams.agent")
+
+BAD_HEADERS = [(OMITTED_HEADERS, b"a header name is not valid UTF-8; read the headers at the "
+                                 b"source coordinates")]
+
+
+class Undecodable(tuple):
+    """Stands in for the headers of a record aiokafka could not decode (a batch whose
+    compression bits lie, a header name that is not UTF-8): `error` says why. A type, not a
+    header name, so no producer can forge it."""
+
+    error: str = ""
+
+
+def _placeholder(tp, offset: int, error: str):
+    from aiokafka.structs import ConsumerRecord
+
+    headers = Undecodable()
+    headers.error = error
+    return ConsumerRecord(tp.topic, tp.partition, offset, None, 0, None, None, None, -1, -1, headers)
+
+
+def install_undecodable_guard() -> None:
+    """aiokafka 0.14 decodes a fetched batch lazily inside Faust's fetcher; a batch it cannot
+    decode raises there, which crashes Faust's Fetcher and with it the worker, and the restarted
+    worker meets the same batch (a crash loop: the partition never moves). This wraps
+    `PartitionRecords._unpack_records` so that the records from the failure point to the end
+    of that batch come out as placeholders (`Undecodable` headers): the agent dead-letters them
+    by their coordinates and the partition moves on. The batch header (offsets) is read
+    without decompressing, so every offset gets exactly one outcome. CRC failures are left to
+    aiokafka (it re-fetches)."""
+    from aiokafka.consumer import fetcher
+
+    if getattr(fetcher.PartitionRecords, "_streams_guarded", False):
+        return
+    original = fetcher.PartitionRecords._unpack_records
+
+    def _unpack_records(self):
+        records = self._records
+        tp = self._tp
+        while records.has_next():
+            batch = records.next_batch()
+            if self._check_crcs and not batch.validate_crc():
+                raise fetcher.Errors.CorruptRecordException(f"Invalid CRC - {tp}")
+            if batch.is_control_batch or (
+                    self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None):
+                # Transactions: aiokafka's own path, one batch at a time.
+                sub = _OneBatch(batch)
+                saved, self._records = self._records, sub
+                try:
+                    yield from original(self)
+                finally:
+                    self._records = saved
+                continue
+            try:
+                for record in batch:
+                    if record.offset < self.next_fetch_offset:
+                        continue
+                    consumer_record = self._consumer_record(tp, record)
+                    self.next_fetch_offset = record.offset + 1
+                    yield consumer_record
+            except (UnicodeDecodeError, ValueError, OSError, EOFError, RuntimeError,
+                    fetcher.Errors.CorruptRecordException) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("%s[%d]: a batch at %d..%d cannot be decoded by aiokafka (%s); "
+                          "dead-lettering its records from %d by their coordinates", tp.topic,
+                          tp.partition, batch.base_offset, batch.next_offset - 1, type(exc).__name__,
+                          self.next_fetch_offset)
+                for offset in range(max(self.next_fetch_offset, batch.base_offset), batch.next_offset):
+                    self.next_fetch_offset = offset + 1
+                    yield _placeholder(tp, offset, error)
+            self.next_fetch_offset = batch.next_offset
+
+    fetcher.PartitionRecords._unpack_records = _unpack_records
+    fetcher.PartitionRecords._streams_guarded = True
+
+
+class _OneBatch:
+    def __init__(self, batch):
+        self._batch = batch
+
+    def has_next(self) -> bool:
+        return self._batch is not None
+
+    def next_batch(self):
+        batch, self._batch = self._batch, None
+        return batch
+
+
+def _headers(raw) -> list[tuple[str, bytes]]:
+    """aiokafka hands headers as (str, bytes) pairs; anything else (a name it kept as bytes)
+    is replaced like `streams.kafka.read_headers` does for librdkafka."""
+    if not raw:
+        return []
+    out = list(raw)
+    for name, _ in out:
+        if not isinstance(name, str):
+            return list(BAD_HEADERS)
+    return out
+
+
+def to_record(message) -> InRecord:
+    ts = message.timestamp
+    if isinstance(message.headers, Undecodable):
+        return InRecord(message.topic, message.partition, message.offset, None, None, None, [],
+                        client_error=message.headers.error)
+    return InRecord(message.topic, message.partition, message.offset,
+                    None if ts is None else round(ts * 1000), message.key, message.value,
+                    _headers(message.headers))
+
+
+def _exit(status: int) -> None:
+    logging.shutdown()
+    os._exit(status)
+
+
+class AgentSource:
+    """What the agent and the health pages share: the consumer state (health, stall detector,
+    lag), the runtime once loaded, and the batch processor."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = ConsumerState()
+        self.runtime: Runtime | None = None
+        self.processor: BatchProcessor | None = None
+        self.stopping = threading.Event()
+        self.ready = asyncio.Event()
+        self.busy_since: float | None = None
+        self._running = 0  # agents running (one per input topic)
+        # One thread for the batches, so a batch never waits for a free thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-batch")
+
+    @property
+    def batches(self) -> int:
+        return self.processor.batches if self.processor else 0
+
+    def attach(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.processor = BatchProcessor(runtime, self.state, lambda records: True, self.stopping)
+        self.ready.set()
+
+    def alive(self) -> bool:
+        return self._running == len(self.settings.topics)
+
+    # -- assignment (Faust's signals) ------------------------------------------------------
+    def assigned(self, tps) -> None:
+        inputs = set(self.settings.routes)
+        mine = sorted((tp.topic, tp.partition) for tp in tps if tp.topic in inputs)
+        with self.state.lock:
+            self.state.joined = True
+            self.state.assigned = mine
+            self.state.assigned_at = time.monotonic()
+            self.state.progress.clear()
+            self.state.pending.clear()
+        log.info("assigned %d partitions: %s", len(mine),
+                 ", ".join(f"{t}[{p}]" for t, p in mine) or "none")
+
+    def revoked(self, tps) -> None:
+        with self.state.lock:
+            self.state.joined = False
+            self.state.assigned = []
+            self.state.pending.clear()
+        log.info("revoked %d partitions", len(tps))
+
+    # -- the agent body --------------------------------------------------------------------
+    async def consume(self, app, stream) -> None:
+        """The agent: never lets an exception out (see the module's docstring)."""
+        self._running += 1
+        try:
+            await self.ready.wait()
+            settings = self.settings
+            async for events in stream.noack_take(settings.max_batch, within=settings.max_wait_s):
+                await self._batch(app, stream, events)
+        except asyncio.CancelledError:
+            self.stopping.set()  # the batch thread gives up its retries; nothing more is acked
+            raise
+        except FatalError as exc:
+            log.critical("fatal: %s. Exiting without committing the batch in progress.", exc)
+            _exit(EXIT_FATAL)
+        except BaseException:  # noqa: BLE001 - the batch in progress was not acked
+            log.exception("unexpected error in the agent; exiting without committing the batch")
+            _exit(EXIT_UNFINISHED_BATCH)
+        finally:
+            self._running -= 1
+
+    async def _batch(self, app, stream, events) -> None:
+        records = [to_record(e.message) for e in events]
+        await self._ensure_committed(app, records)
+        self.state.taken(records)
+        self.busy_since = time.monotonic()
+        self.state.last_poll = self.busy_since
+        try:
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(self._executor, self.processor.process_until_done, records)
+        finally:
+            self.busy_since = None
+            self.state.last_poll = time.monotonic()
+        if not done:  # given up because the worker stops: not acked, re-delivered
+            log.warning("stopping: the batch of %d records was not finished; not acked", len(records))
+            return
+        for event in events:  # buffer order: offset order per partition
+            await stream.ack(event)
+
+    async def _ensure_committed(self, app, records: list[InRecord]) -> None:
+        """A committed offset for every partition of the batch before any of it is acked:
+        the first offset the agent was handed is where this assignment starts."""
+        consumer = app.consumer
+        committed = consumer._committed_offset
+        first: dict = {}
+        for rec in records:
+            if (rec.topic, rec.partition) not in first:
+                first[(rec.topic, rec.partition)] = rec.offset
+        missing = {}
+        for (topic, partition), offset in first.items():
+            tp = consumer._new_topicpartition(topic, partition)
+            if committed.get(tp) is None:
+                missing[tp] = offset
+        if missing:
+            if not await consumer._commit(missing):  # a rebalance: the next batch tries again
+                log.warning("could not commit the start offsets of %d partitions", len(missing))
+                return
+            committed.update(missing)
+            log.info("committed start offsets %s", ", ".join(f"{tp.topic}[{tp.partition}]@{o}"
+                                                              for tp, o in missing.items()))
+
+    async def watch(self, app) -> None:
+        """Every second: the event loop answers (liveness) and the lag per partition."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.busy_since is None:
+                self.state.last_poll = time.monotonic()
+            consumer = app._consumer
+            if consumer is None or self.runtime is None:
+                continue
+            lag = {}
+            with self.state.lock:
+                assigned, progress = list(self.state.assigned), dict(self.state.progress)
+            for topic, partition in assigned:
+                tp = consumer._new_topicpartition(topic, partition)
+                try:
+                    high = consumer.highwater(tp)
+                except Exception:  # noqa: BLE001 - not known yet
+                    continue
+                done = progress.get((topic, partition), (None,))[0]
+                if done is None:
+                    done = consumer._committed_offset.get(tp)
+                if high is not None and done is not None:
+                    lag[(topic, partition)] = max(0, high - done)
+            with self.state.lock:
+                self.state.lag = lag
+            for (topic, partition), value in lag.items():
+                self.runtime.telemetry.record_lag(topic, partition, value)
+
+    def shutdown_guard(self, grace_s: float) -> threading.Timer:
+        """Exit 70 if the batch in flight has not finished within the grace period: nothing
+        of it is acked, so nothing of it is committed."""
+        def expire() -> None:
+            log.error("batch in flight did not finish within %.0fs; exiting without committing it", grace_s)
+            _exit(EXIT_UNFINISHED_BATCH)
+
+        timer = threading.Timer(grace_s, expire)
+        timer.daemon = True
+        timer.start()
+        return timer
