@@ -99,7 +99,13 @@ class StreamMetrics:
             "streams.consumer.lag", unit="{message}", description="high watermark minus position")
         self.model_load = meter.create_gauge(
             "streams.model.load.duration", unit="s", description="time to load the models at start-up")
+        self.llm_dropped_spans = meter.create_counter(
+            "streams.llm.dropped_spans", unit="{entity}",
+            description="entities the LLM wrote that do not occur verbatim in the input text: dropped")
         self._attrs: dict[tuple, dict] = {}
+
+    def record_llm_dropped_spans(self, topic: str, n: int) -> None:
+        self.llm_dropped_spans.add(n, self.attributes(topic))
 
     def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
         """Cached attribute dicts (the SDK keys its streams by them; do not mutate)."""
