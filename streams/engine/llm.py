@@ -495,7 +495,10 @@ class LLMEngine:
         else:
             scores = {label: m / total for label, m in zip(labels, mass)}
         ordered = dict(sorted(scores.items(), key=lambda kv: -kv[1]))
-        return Classification(chosen, ordered[chosen], ordered)
+        # The record's label is the likeliest one. Greedy decoding wrote `chosen`, which is the
+        # same label unless the mass of another label was spread over several tokenizations.
+        best = next(iter(ordered))
+        return Classification(best, ordered[best], ordered)
 
     def _entities(self, prepared: _Prepared, text: str, tokens: list[int], greedy_p: list[float],
                   output: str, items) -> tuple[list[Entity], int]:
@@ -520,7 +523,7 @@ class LLMEngine:
                 continue
             next_from[value] = start + len(value)
             score = self._span_score(ends, greedy_p, at + len('"text": "'), at + len(quoted) - 1) \
-                if at >= 0 else float("nan")
+                if at >= 0 else 0.0
             entities.append(Entity(label, value, start, start + len(value), score))
         entities.sort(key=lambda e: (e.start, e.end))
         return entities, dropped
