@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from .settings import Settings
+from .settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
@@ -162,6 +162,9 @@ def _show(topic: str, record: dict) -> None:
     ents = ", ".join(f"{e['label']}={e['text']!r}" for e in record["entities"]) or "-"
     console.print(f"[bold]{record['event_id']}[/] [dim]{topic}[/] "
                   f"[cyan]{cls['label']}[/] ({cls['score']:.2f})  entities: {ents}")
+    fields = record.get("fields")  # the topic's typed fields, when it declares them (LLM)
+    if fields:
+        console.print("    fields: " + ", ".join(f"{k}={v!r}" for k, v in fields.items()))
 
 
 @app.command()
@@ -183,11 +186,16 @@ def tail(
 
 
 @app.command()
-def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds")) -> None:
+def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds"),
+         llm: bool = typer.Option(False, "--llm", help="support tickets through the LLM engine: "
+                                  "label, entities and typed fields from it (make run-llm)")) -> None:
     """Start the embedded broker and a worker, send the samples, print the enriched events,
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
 
+    if llm:
+        os.environ["STREAMS_TOPICS"] = json.dumps(LLM_DEMO_TOPICS)
+        timeout = max(timeout, 900.0)
     settings = Settings()
     port = _port_of(settings.kafka_bootstrap)
     try:
@@ -230,8 +238,18 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         console.print("stopped worker and broker")
 
 
+# `streams demo --llm`: support tickets take their label and typed fields from the LLM, their
+# entities from the encoder NER (exact offsets, cheap); order notes stay on the encoder models.
+LLM_DEMO_TOPICS = [
+    {"input": "support.tickets", "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
+     "fields": "SupportTicketFields"},
+    {"input": "orders.notes", "labels": ORDER_NOTE_LABELS},
+]
+
+
 @app.command()
-def models() -> None:
+def models(llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="also prepare the LLM "
+                                               "(convert its GGUF once); default: when a topic uses it")) -> None:
     """Prepare (convert once) and check the configured models, then print what was loaded."""
     from .engine import Engine, ModelLoadError
 
@@ -239,10 +257,15 @@ def models() -> None:
     try:
         engine = Engine.load(settings.ner_model, settings.classifier_model,
                              cache_dir=settings.model_cache, device=settings.device)
+        for m in engine.models:
+            console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
+        if settings.uses_llm if llm is None else llm:
+            from .engine.llm_loading import resolve_llm
+
+            path, info = resolve_llm(settings.llm_model, settings.model_cache)
+            console.print(f"llm: {info.name} ({info.version}) at {path}")
     except ModelLoadError as exc:
         _fail(str(exc))
-    for m in engine.models:
-        console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
 
 
 @app.command()

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     llm_batch: int = Field(8, ge=1, description="texts per generate pass")
     llm_max_tokens_per_pass: int = Field(16384, ge=256, description="cap on (prompt + new) tokens x "
                                                                       "rows per generate pass")
-    llm_few_shot: bool = Field(True, description="put the topic's examples "
+    llm_few_shot: bool = Field(False, description="put the topic's examples "
                                                  "(streams/engine/examples/<topic>.jsonl) in the prompt")
     llm_prefix_cache: bool = Field(True, description="compute the instructions' and examples' KV "
                                                      "cache once per topic and reuse it in every pass")

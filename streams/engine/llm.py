@@ -213,7 +213,7 @@ class LLMEngine:
 
     def __init__(self, model, tokenizer, device: torch.device, info: ModelInfo, *,
                  max_new_tokens: int = 160, retry_max_new_tokens: int = 320, max_batch: int = 16,
-                 max_tokens: int = 16384, few_shot: bool = True, constrained: bool = True,
+                 max_tokens: int = 16384, few_shot: bool = False, constrained: bool = True,
                  prefix_cache: bool = True,
                  examples_dir: Path = EXAMPLES_DIR, load_seconds: float = 0.0,
                  on_dropped_spans: Callable[[str, int], None] | None = None):
