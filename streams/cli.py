@@ -187,8 +187,8 @@ def tail(
 
 @app.command()
 def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds"),
-         llm: bool = typer.Option(False, "--llm", help="support tickets through the LLM engine: "
-                                  "label, entities and typed fields from it (make run-llm)")) -> None:
+         llm: bool = typer.Option(False, "--llm", help="support tickets labelled and typed "
+                                  "(SupportTicketFields) by the LLM engine (make run-llm)")) -> None:
     """Start the embedded broker and a worker, send the samples, print the enriched events,
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
@@ -282,12 +282,23 @@ def bench(
     rounds: int = typer.Option(3, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
+    engine: str = typer.Option("encoder", help="encoder (NER + classifier) or llm (the LLM engine "
+                                               "on the support-ticket samples, docs/llm.md)"),
+    llm_texts: int = typer.Option(16, help="--engine llm: texts for the batched, grammar and "
+                                           "end-to-end runs"),
+    llm_naive: int = typer.Option(6, help="--engine llm: texts for the one-per-call run"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     _use_configured_allocator()  # the engine runs measured here on the worker's allocator
     from rich.table import Table
 
     from . import bench as b
+
+    if engine == "llm":
+        _bench_llm(llm_texts, llm_naive, out.with_name("results-llm.json"), bounds, check)
+        return
+    if engine != "encoder":
+        _fail(f"--engine {engine!r}: use encoder or llm")
 
     if duration:
         r = b.bench_sustained(duration, rate, out.parent, warmup=min(60.0, duration / 5))
@@ -329,6 +340,40 @@ def bench(
     console.print(f"written to {out}")
     if check:
         failures = b.check(r, json.loads(bounds.read_text()))
+        for f in failures:
+            console.print(f"[red]below bound:[/] {f}")
+        if failures:
+            raise typer.Exit(1)
+
+
+def _bench_llm(n_texts: int, n_naive: int, out: Path, bounds: Path, check: bool) -> None:
+    from rich.table import Table
+
+    from . import bench_llm as bl
+
+    r = bl.run(n_texts, n_naive, n_texts, out)
+    table = Table(title=f"streams bench --engine llm: {r['model']} on {r['device']} ({r['dtype']}, "
+                        f"{r.get('card', str(r['cpu_count']) + ' cores')}), {r['texts']} tickets, "
+                        f"passes of {r['llm_batch']}, prompt prefix {r['prompt_prefix_tokens']} tokens")
+    for col in ("run", "events/s", "output tokens/s", "note"):
+        table.add_column(col, justify="left" if col in ("run", "note") else "right")
+    table.add_row("LLM engine, batched", f"{r['batched']['events_per_s']:.3f}",
+                  f"{r['batched']['output_tokens_per_s']:.1f}", f"{r['batched']['failed']} dead-lettered")
+    table.add_row("naive (one per call)", f"{r['naive']['events_per_s']:.3f}",
+                  f"{r['naive']['output_tokens_per_s']:.1f}", "")
+    g = r["grammar"]
+    table.add_row("grammar overhead", "", "", f"{g['overhead_pct']:+.1f} % per step "
+                  f"({g['constrained_s_per_step'] * 1000:.0f} vs {g['unconstrained_s_per_step'] * 1000:.0f} ms)")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        table.add_row("end-to-end (broker, worker)", f"{e['events_per_s']:.3f}", "",
+                      f"{e['received']}/{e['events']} received, p50 {e['p50_ms'] / 1000:.1f} s")
+    console.print(table)
+    for name, value in r["ratios"].items():
+        console.print(f"{name}: {value:.2f}")
+    console.print(f"written to {out}")
+    if check:
+        failures = bl.check(r, json.loads(bounds.read_text()))
         for f in failures:
             console.print(f"[red]below bound:[/] {f}")
         if failures:
