@@ -62,6 +62,19 @@ bench: setup
 bench-llm: setup
 	$(BIN)/streams bench --engine llm --check
 
+# Wheels bench/gpu.sh installs on a GPU machine without network (carry bench/gpu/wheels, ~15 MB):
+# xgrammar and its runtime, pydantic(-settings) for streams.settings; compiled ones for CPython
+# 3.10-3.12, pure-Python ones once.
+GPU_WHEELS_BINARY := xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2 pydantic-core==2.50.5
+GPU_WHEELS_PURE   := pydantic==2.14.4 pydantic-settings==2.16.3 python-dotenv annotated-types typing-inspection
+.PHONY: gpu-wheels
+gpu-wheels: setup
+	for v in 310 311 312; do $(BIN)/pip download --quiet --no-deps --only-binary=:all: \
+	  --python-version $$v --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 -d bench/gpu/wheels $(GPU_WHEELS_BINARY) || exit 1; done
+	$(BIN)/pip download --quiet --no-deps -d bench/gpu/wheels $(GPU_WHEELS_PURE)
+	du -sh bench/gpu/wheels
+
 chaos: setup
 	$(BIN)/python -m tests.chaos
 

@@ -407,10 +407,15 @@ class LLMEngine:
             mask[row, width - len(p):] = 1
         extra = {}
         if prepared.prefix_cache is not None:
-            cache = copy.deepcopy(prepared.prefix_cache)
-            if len(prompts) > 1:
-                cache.batch_repeat_interleave(len(prompts))
-            extra["past_key_values"] = cache
+            try:
+                cache = copy.deepcopy(prepared.prefix_cache)
+                if len(prompts) > 1:
+                    cache.batch_repeat_interleave(len(prompts))
+                extra["past_key_values"] = cache
+            except (AttributeError, TypeError, NotImplementedError) as exc:  # a cache API that moved
+                log.warning("prefix KV cache unavailable with this transformers (%s): computing the "
+                            "prefix in every pass", type(exc).__name__)
+                prepared.prefix_cache = None
         recorder = _Recorder(prepared, len(prompts), self.vocab_size, constrained)
         config = GenerationConfig(max_new_tokens=cap, do_sample=False, num_beams=1,
                                   eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
