@@ -193,3 +193,30 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
     assert headers["__streams.errors.reason"] == b"llm_truncated"
     assert headers["__streams.errors.offset"] == b"1"
     assert {m.name for m in runtime.models["tickets"]} == {"noop", llm.info.name}
+
+
+def test_runtime_loads_only_the_engines_the_topics_use(llm, tiny_dir, monkeypatch, tmp_path):
+    from streams import pipeline
+    from streams.settings import Settings, TopicRoute
+    from tests.fixtures.tiny_llm import write_tiny_field_record
+
+    loaded = []
+    monkeypatch.setattr(pipeline.Engine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
+    monkeypatch.setattr(pipeline, "load_llm", lambda s, t=None: loaded.append("llm") or engine(tiny_dir))
+    write_tiny_field_record(tmp_path)
+    labels = {"billing": "a charge", "delivery": "a parcel"}
+
+    def load(*routes):
+        loaded.clear()
+        return pipeline.load_engines(Settings(topics=list(routes), schema_dir=tmp_path))
+
+    plain = load(TopicRoute(input="a", labels=labels))
+    assert loaded == ["encoder"] and isinstance(plain, NoopEngine)  # as before: no LLM loaded
+    only_llm = load(TopicRoute(input="a", labels=labels, entities_from="llm", label_from="llm"))
+    assert loaded == ["llm"] and only_llm.encoder is None  # nothing uses the encoder
+    assert only_llm.llm.tasks["a"].task.entity_types and only_llm.llm.tasks["a"].task.fields is None
+    mixed = load(TopicRoute(input="a", labels=labels, label_from="llm", fields="TinyFields"),
+                 TopicRoute(input="b", labels=labels))
+    assert loaded == ["encoder", "llm"] and "a" in mixed.llm.tasks and "b" not in mixed.llm.tasks
+    assert mixed.llm.tasks["a"].task.entity_types is None  # entities stay on the encoder
+    assert mixed.llm.tasks["a"].task.fields["name"] == "TinyFields"
