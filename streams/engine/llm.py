@@ -549,8 +549,8 @@ class LLMEngine:
     def warm_up(self) -> float:
         """One short generation per topic: lazy set-up out of the first batch's latency."""
         started = time.perf_counter()
-        for name in self.tasks:
-            self.generate(["hello"], name)
+        for name, prepared in self.tasks.items():  # a few steps: the grammar, the cache, the kernels
+            self._generate_pass(prepared, self.prompt_ids(name, ["hello"]), 4, self.constrained)
         seconds = time.perf_counter() - started
         self.load_seconds += seconds
         return seconds
