@@ -172,3 +172,13 @@ helm-check: setup helm-tool
 
 helm-docs: setup
 	$(BIN)/python helm/tools/gen_values_table.py
+
+# ---- Composed output schemas (schemas/enriched/) ----------------------------------------------
+# A topic with typed fields publishes EnrichedEvent + `fields: ["null", <field record>]`; the
+# service composes it at start-up, and `make schemas` writes the same text to
+# schemas/enriched/EnrichedEvent.<FieldRecord>.avsc for Java code generation and registry-less
+# readers. tests/contract fails when a committed file differs from what the service registers.
+.PHONY: schemas
+schemas:
+	$(BIN)/python -c 'from streams.serde.registry import write_composed_schemas; from streams.settings import REPO_ROOT; \
+	  [print(p) for p in write_composed_schemas(REPO_ROOT / "schemas")]'

@@ -207,6 +207,9 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
     try:
         console.print(f"broker: tansu on {embedded.bootstrap} (pid {embedded.process.pid})")
         from .broker import free_port
+        from .kafka import ensure_topics
+
+        ensure_topics(settings.model_copy(update={"kafka_bootstrap": embedded.bootstrap}))  # as a platform team would
 
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap,
                             "STREAMS_HEALTH_PORT": os.environ.get("STREAMS_HEALTH_PORT", str(free_port()))}
@@ -429,34 +432,48 @@ def replay(
         return
     chosen = [int(p) for p in partitions.split(",")] if partitions else None
     output = output_topic or settings.route(topic).output
+    if output in settings.routes:
+        _fail(f"--output-topic {output!r} is an input topic: a replay never writes into its input")
     try:
         ranges = rp.plan(settings, topic, start_ms, chosen, from_offset)
     except ValueError as exc:
         _fail(str(exc))
+    for r in ranges:
+        if r.note:
+            console.print(r.note, markup=False, highlight=False, soft_wrap=True)
     rid = rp.replay_id(topic, from_ or f"offset:{from_offset}", to, chosen, output, model_version)
     try:
         resumed = rp.replayed_offsets(settings, topic, ranges, rid)
     except ValueError as exc:
         _fail(str(exc))
-    counts, done = rp.count_range(settings, topic, ranges, start_ms, end_ms, done_below=resumed)
+    counts, done, skipped = rp.count_range(settings, topic, ranges, start_ms, end_ms, done_below=resumed)
     table = Table(title=f"replay {rid}: {topic} -> {output}, {start.isoformat()} .. {end.isoformat()}")
-    for col in ("partition", "start offset", "end offset (at start)", "records in range", "already replayed"):
+    for col in ("partition", "start offset", "end offset (at start)", "records in range", "already replayed",
+                "outside the time range"):
         table.add_column(col, justify="right")
     for r in ranges:
-        table.add_row(str(r.partition), str(r.start), str(r.end_hint), str(counts[r.partition]),
-                      str(done[r.partition]))
+        table.add_row(str(r.partition), str(r.start), str(r.end), str(counts[r.partition]),
+                      str(done[r.partition]), str(skipped[r.partition]))
     console.print(table)
-    total, total_done = sum(counts.values()), sum(done.values())
+    total, total_done, total_skipped = sum(counts.values()), sum(done.values()), sum(skipped.values())
+    if total_skipped:
+        console.print(f"{total_skipped} records outside the time range are skipped", soft_wrap=True)
     if total == 0:
         console.print("nothing to replay: no records in that range")
         return
     if total_done:
-        console.print(f"resuming replay {rid}: {total_done} of {total} records were replayed by an earlier run")
+        console.print(f"resuming replay {rid}: {total_done} of {total} records were replayed by an earlier run",
+                      soft_wrap=True)
     if dry_run:
-        console.print(f"dry run: {total - total_done} records would be re-enriched; nothing written")
+        console.print(f"dry run: {total - total_done} records would be re-enriched; nothing written", soft_wrap=True)
         return
+    if output not in {r.output for r in settings.topics}:
+        from .kafka import ensure_topics
+
+        ensure_topics(settings, [output])  # a new output topic exists before it is written
 
     from .pipeline import Runtime
+    from .serde.registry import SchemaError
 
     runtime = Runtime.load(settings)
     started = time.perf_counter()
@@ -475,9 +492,12 @@ def replay(
         except KeyboardInterrupt:
             console.print("interrupted: run the same command again to resume")
             raise typer.Exit(130)
+        except (ValueError, SchemaError) as exc:  # an unregistered output subject, an offset out of range
+            _fail(str(exc))
     elapsed = time.perf_counter() - started
     console.print(f"replay {rid}: read {result.read}, enriched {result.enriched}, "
-                  f"dead-lettered {result.dead}, {result.read / elapsed:.1f} events/s")
+                  f"dead-lettered {result.dead}, skipped {result.skipped} outside the time range, "
+                  f"{result.read / elapsed:.1f} events/s", soft_wrap=True)
 
 
 offsets_app = typer.Typer(help="Inspect and move consumer group offsets.", no_args_is_help=True)

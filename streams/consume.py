@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
+from .errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
+from .kafka import read_headers
 from .records import InRecord
 from .settings import Settings
 
@@ -34,7 +36,57 @@ class ConsumerState:
     brokers_up: int | None = None  # from the last statistics report; None before the first
     last_poll: float = field(default_factory=time.monotonic)
     lag: dict[tuple[str, int], int] = field(default_factory=dict)  # consumer lag per partition
+    # Per partition: the next offset to process and when it last moved (the stall detector).
+    progress: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
+    # Per partition: since when records taken from it wait to be committed.
+    pending: dict[tuple[str, int], float] = field(default_factory=dict)
+    assigned_at: float = field(default_factory=time.monotonic)
+    # Why the worker is not processing right now (a dependency it waits for), or None.
+    degraded: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def taken(self, records: list[InRecord]) -> None:
+        """The loop took these records; they are pending until committed."""
+        now = time.monotonic()
+        with self.lock:
+            for rec in records:
+                self.pending.setdefault((rec.topic, rec.partition), now)
+
+    def advance(self, records: list[InRecord]) -> None:
+        """The loop finished (committed) these records."""
+        now = time.monotonic()
+        with self.lock:
+            for rec in records:
+                tp = (rec.topic, rec.partition)
+                self.progress[tp] = (rec.offset + 1, now)
+                self.pending.pop(tp, None)
+
+    def stalled(self, after_s: float) -> list[str]:
+        """Partitions that have not moved for `after_s` seconds while they have work: records
+        taken and not yet committed, or lag (from librdkafka's statistics, which only arrive
+        while the loop polls)."""
+        now = time.monotonic()
+        with self.lock:
+            lag, assigned = dict(self.lag), list(self.assigned)
+            progress, pending = dict(self.progress), dict(self.pending)
+        out = []
+        for tp in assigned:
+            _, moved = progress.get(tp, (None, self.assigned_at))
+            if tp in pending and now - pending[tp] > after_s:
+                out.append(f"{tp[0]}[{tp[1]}]")
+            elif lag.get(tp, 0) > 0 and now - moved > after_s:
+                out.append(f"{tp[0]}[{tp[1]}]")
+        return out
+
+
+def _lag(part: dict) -> int:
+    """librdkafka's consumer lag; for a partition with nothing committed yet (a new group)
+    it reports -1, so the lag is then counted from the partition's first offset."""
+    lag = part.get("consumer_lag", -1)
+    if lag >= 0:
+        return lag
+    hi, lo = part.get("hi_offset", -1), part.get("lo_offset", -1)
+    return hi - max(lo, 0) if hi >= 0 else -1
 
 
 def consumer_config(settings: Settings, state: ConsumerState) -> dict:
@@ -42,10 +94,10 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         stats = json.loads(payload)
         up = sum(1 for b in stats.get("brokers", {}).values()
                  if b.get("nodeid", -1) >= 0 and b.get("state") == "UP")
-        lag = {(topic, int(p)): part["consumer_lag"]
+        lag = {(topic, int(p)): _lag(part)
                for topic, t in stats.get("topics", {}).items()
                for p, part in t.get("partitions", {}).items()
-               if int(p) >= 0 and part.get("consumer_lag", -1) >= 0}
+               if int(p) >= 0 and _lag(part) >= 0}
         with state.lock:
             state.brokers_up = up
             state.lag = lag
@@ -73,10 +125,21 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
     }
 
 
+@dataclass
+class _Undecodable:
+    """A batch the client failed to decode, starting at `base`: how often it was fetched, and
+    the next offset to step to once it is being skipped record by record."""
+
+    base: int
+    fetches: int = 0
+    next: int | None = None
+
+
 class BatchConsumer:
     def __init__(self, settings: Settings, topics: list[str]):
         self.settings = settings
         self.state = ConsumerState()
+        self._undecodable: dict[tuple[str, int], _Undecodable] = {}
         self._consumer = Consumer(consumer_config(settings, self.state))
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
@@ -85,6 +148,9 @@ class BatchConsumer:
         with self.state.lock:
             self.state.joined = True
             self.state.assigned = sorted((tp.topic, tp.partition) for tp in partitions)
+            self.state.assigned_at = time.monotonic()
+            self.state.progress.clear()
+            self.state.pending.clear()
         log.info("assigned %d partitions: %s", len(partitions),
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
 
@@ -93,24 +159,68 @@ class BatchConsumer:
         with self.state.lock:
             self.state.joined = False
             self.state.assigned = []
+            self.state.pending.clear()
+        self._undecodable.clear()
         log.info("revoked %d partitions", len(partitions))
 
     def take(self) -> list[InRecord]:
-        """The next micro-batch; empty when nothing arrived within max_wait_s."""
+        """The next micro-batch; empty when nothing arrived within max_wait_s. A record the
+        client cannot decode comes back as an InRecord with `client_error` set (data, not an
+        exception), once it has been re-fetched `undecodable_refetches` times."""
         messages = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_s)
         self.state.last_poll = time.monotonic()
         records = []
+        errored: set[tuple[str, int]] = set()
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error on %s[%s]: %s", m.topic(), m.partition(), err)
+                self._on_error(m, err, records, errored)
                 continue
+            tp = (m.topic(), m.partition())
+            if tp in errored:  # fetched before the seek past a bad batch took effect
+                continue
+            self._undecodable.pop(tp, None)
             ts_type, ts = m.timestamp()
             records.append(InRecord(m.topic(), m.partition(), m.offset(),
                                     None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                                    m.key(), m.value(), m.headers() or []))
+                                    m.key(), m.value(), read_headers(m)))
+        self.state.taken(records)
         return records
+
+    def _on_error(self, m, err: KafkaError, records: list[InRecord], errored: set) -> None:
+        code = err.code()
+        if code == KafkaError._PARTITION_EOF:
+            return
+        if consumer_error_is_fatal(err):
+            raise FatalError(f"the Kafka consumer cannot go on: {err.name()} ({sanitize(err.str())}); "
+                             "check the credentials, ACLs and settings")
+        if code not in RECORD_UNDECODABLE or m.topic() is None or m.offset() is None or m.offset() < 0:
+            log.warning("consume error on %s[%s]: %s", m.topic(), m.partition(), sanitize(err.str()))
+            return
+        tp = (m.topic(), m.partition())
+        if tp in errored:
+            return  # one step per partition per take: the rest were fetched before the seek
+        errored.add(tp)
+        base = m.offset()  # librdkafka reports the failing batch's first offset
+        skip = self._undecodable.get(tp)
+        if skip is None or skip.base != base:
+            skip = self._undecodable[tp] = _Undecodable(base)
+        if skip.next is None:
+            skip.fetches += 1
+            if skip.fetches < self.settings.undecodable_refetches:
+                log.warning("%s[%d]@%d cannot be decoded by the client (%s); re-fetch %d of %d",
+                            tp[0], tp[1], base, err.name(), skip.fetches,
+                            self.settings.undecodable_refetches)
+                return
+            offset = base
+        else:
+            # The seek past the last skipped offset landed in the same batch: that offset is
+            # part of it, and gets its own dead letter.
+            offset = skip.next
+        skip.next = offset + 1
+        records.append(InRecord(tp[0], tp[1], offset, None, None, None, [],
+                                client_error=f"{err.name()}: {sanitize(err.str())}"))
+        self._consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
 
     def commit(self, records: list[InRecord]) -> bool:
         """Commit the offset after each partition's last record; synchronous, so a returned

@@ -7,6 +7,8 @@ import hashlib
 import traceback
 from datetime import datetime, timezone
 
+from .errors import sanitize
+
 PREFIX = "__streams.errors."
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # W3C trace context
 
@@ -27,14 +29,14 @@ def dlq_headers(*, original_headers, reason: str, message: str, error_class: str
     """`trace_context`: this worker's W3C `traceparent`/`tracestate` for the dead-letter record
     (tracing on); they replace the incoming ones, so a DLQ consumer continues this trace.
     Without it the original headers pass through unchanged (minus earlier provenance)."""
-    headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in (original_headers or [])
+    headers = [(k, v if v is None or isinstance(v, bytes) else str(v).encode()) for k, v in (original_headers or [])
                if not k.startswith(PREFIX)]
     if trace_context is not None:
         headers = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS] + list(trace_context)
     provenance = {
         "reason": reason,
         "exception.class.name": error_class,
-        "exception.message": message[:2000],
+        "exception.message": sanitize(message, 2000),
         "exception.stacktrace.digest": stack_digest(exc),
         "topic": topic,
         "partition": str(partition),

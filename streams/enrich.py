@@ -1,5 +1,6 @@
 """Model output + input event -> the EnrichedEvent record (a dict shaped like
-schemas/EnrichedEvent.avsc). Knows nothing of Kafka clients."""
+schemas/EnrichedEvent.avsc, plus `fields` where the topic declares a field record, see
+serde/registry.py). Knows nothing of Kafka clients."""
 
 from __future__ import annotations
 
@@ -39,4 +40,6 @@ def enriched_record(event: InputEvent, inference: Inference, source: SourceRecor
         "models": [{"task": m.task, "name": m.name, "version": m.version} for m in models],
         "processed_at": datetime.now(timezone.utc),
         "inference_ms": float(inference_ms),
+        # Typed fields (topics with a field record; the plain schema ignores the key).
+        "fields": inference.fields,
     }

@@ -1,9 +1,11 @@
 """Health over HTTP on the Faust worker's web server, for Kubernetes probes.
 
 /livez   200 while the event loop answers and the enrichment loop's thread is alive and
-         polling (a loop stuck longer than max_poll_interval_s is not live), else 503
-/readyz  200 once the models are loaded, the consumer has joined its group, and a broker
-         is reachable, else 503 with the failing checks
+         polling (a loop stuck longer than max_poll_interval_s is not live, unless it is
+         waiting out a failed dependency, which it reports on /readyz), else 503
+/readyz  200 once the models are loaded, the consumer has joined its group, a broker is
+         reachable, no dependency is being waited for (registry, broker, accelerator) and no
+         partition with lag has stood still for stall_after_s; else 503 with the failing checks
 /metrics Prometheus text exposition of the OpenTelemetry metrics (streams.telemetry)
 """
 
@@ -25,7 +27,8 @@ def liveness(app: faust.App) -> tuple[bool, dict]:
         return True, {"status": "ok", "loop": "starting"}
     since_poll = time.monotonic() - runner.consumer.state.last_poll
     stuck_after = app.conf.streams_settings.max_poll_interval_s
-    live = runner.alive() and since_poll < stuck_after
+    waiting = runner.consumer.state.degraded is not None or runner.runtime.producer.retrying is not None
+    live = runner.alive() and (since_poll < stuck_after or waiting)
     return live, {"status": "ok" if live else "stuck", "loop_alive": runner.alive(),
                   "seconds_since_poll": round(since_poll, 1)}
 
@@ -40,8 +43,25 @@ def readiness(app: faust.App) -> tuple[bool, dict]:
         "assigned_partitions": len(state.assigned) if state else 0,
         # None until librdkafka's first statistics report (5 s): unknown counts as reachable.
         "broker_reachable": bool(state) and state.brokers_up != 0,
+        # What the worker waits for (a dependency failed), or null.
+        "waiting_for": (state.degraded if state and state.degraded else
+                        runner.runtime.producer.retrying if runner is not None else None),
+        # Partitions with lag that have not advanced for stall_after_s.
+        "stalled_partitions": state.stalled(app.conf.streams_settings.stall_after_s) if state else [],
     }
-    ready = all(checks[k] for k in ("models_loaded", "consumer_started", "joined_group", "broker_reachable"))
+    ready = all(checks[k] for k in ("models_loaded", "consumer_started", "joined_group", "broker_reachable")) \
+        and not checks["waiting_for"] and not checks["stalled_partitions"]
+    runtime = getattr(app, "runtime", None)
+    if runtime is not None:
+        metrics = runtime.telemetry.metrics
+        metrics.stalled.set(len(checks["stalled_partitions"]))
+    else:
+        from .telemetry import default_telemetry
+
+        settings = app.conf.streams_settings
+        metrics = default_telemetry(settings.app_id, settings.app_id).metrics
+    metrics.ready.set(int(ready))
+    metrics.models_loaded.set(int(runtime is not None))
     return ready, checks
 
 
@@ -65,6 +85,7 @@ def add_health_pages(app: faust.App) -> None:
             from .telemetry import default_telemetry
 
             settings = app.conf.streams_settings
+            readiness(app)  # the readiness gauges, current at every scrape
             runtime = getattr(app, "runtime", None)
             telemetry = runtime.telemetry if runtime is not None else \
                 default_telemetry(settings.app_id, settings.app_id)

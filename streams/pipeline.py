@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .dlq import dlq_headers
+from .dlq import PREFIX, dlq_headers
 from .engine import Engine, Inference, LabelSet, NoopEngine
 from .engine.llm import LLMEngine, LLMTask
 from .enrich import SourceRecord, enriched_record
-from .kafka import ensure_topics
-from .produce import AckingProducer
+from .kafka import ensure_output_topics
+from .errors import FatalError, RetriableError, describe, sanitize
+from .produce import AckingProducer, record_size
 from .records import InRecord, OutRecord
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
@@ -47,7 +48,10 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class InferenceFailure:
+    """One event the engine failed on while the engine itself works (a probe text passes)."""
+
     exc: BaseException
+    reason: str = "inference_error"
 
 
 class Runtime:
@@ -71,41 +75,79 @@ class Runtime:
         # One thread: the models are not shared between concurrent forward passes.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.producer = AckingProducer(settings.librdkafka_config())
+        self.producer = AckingProducer(settings.librdkafka_config() | {
+                                           "message.timeout.ms": int(settings.delivery_timeout_s * 1000)},
+                                       max_message_bytes=settings.max_message_bytes,
+                                       max_backoff_s=settings.retry_max_backoff_s)
 
     @classmethod
     def load(cls, settings: Settings, *, telemetry: Telemetry | None = None) -> "Runtime":
-        ensure_topics(settings)
+        ensure_output_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)
         catalog.ensure_registered()
-        if telemetry is None:
+        if telemetry is None:  # made here: the LLM engine counts its dropped spans in it
             telemetry = default_telemetry(settings.app_id, settings.app_id)
-        engine = load_engines(settings, telemetry)
-        if hasattr(engine, "warm_up"):  # not the no-op engine
-            log.info("models warmed up in %.1fs", engine.warm_up())
-        log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
-                 ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
+        engine = _load_engine(settings, telemetry)
         runtime = cls(settings, engine, catalog, telemetry=telemetry)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
+        runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
         return runtime
 
     def infer(self, texts: Sequence[str], labels: LabelSet,
               topic: str | None = None) -> list[Inference | InferenceFailure]:
         """Run a batch; if it fails (an exception, out of memory), split it and retry the
-        halves, so one bad event fails alone and its neighbours are still enriched. A text the
-        engine failed on its own (an LLM output cut off by the token cap) fails alone at once."""
+        halves, so one bad event fails alone and its neighbours are still enriched. An event
+        that fails alone is bad data only if the engine still works: a probe text must pass,
+        else the engine is broken (`RetriableError("accelerator")`: the worker reloads it).
+        A text the engine failed on its own while working (an LLM output cut off by the token
+        cap) fails alone at once, with the engine's reason, and needs no probe."""
+        out = self._infer_split(texts, labels, topic)
+        failures = sum(isinstance(r, InferenceFailure) and r.reason == "inference_error" for r in out)
+        if failures:
+            try:
+                self._engine_infer([PROBE_TEXT], labels, topic)
+            except Exception as exc:  # noqa: BLE001 - not the events' fault
+                _free_accelerator_memory()
+                raise RetriableError("accelerator", f"the models fail on a probe text too: "
+                                                    f"{describe(exc)}") from exc
+        return out
+
+    def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
+        if topic is not None and getattr(self.engine, "by_topic", False):
+            return self.engine.infer(texts, labels, topic)
+        return self.engine.infer(texts, labels)
+
+    def _infer_split(self, texts: Sequence[str], labels: LabelSet,
+                     topic: str | None = None) -> list[Inference | InferenceFailure]:
         try:
-            if topic is not None and getattr(self.engine, "by_topic", False):
-                results = self.engine.infer(texts, labels, topic)
-            else:
-                results = self.engine.infer(texts, labels)
+            results = self._engine_infer(texts, labels, topic)
         except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
             _free_accelerator_memory()
             if len(texts) == 1:
                 return [InferenceFailure(exc)]
             mid = len(texts) // 2
-            return self.infer(texts[:mid], labels, topic) + self.infer(texts[mid:], labels, topic)
-        return [InferenceFailure(r) if isinstance(r, Exception) else r for r in results]
+            return self._infer_split(texts[:mid], labels, topic) + self._infer_split(texts[mid:], labels, topic)
+        return [InferenceFailure(r, getattr(r, "reason", "inference_error")) if isinstance(r, Exception) else r
+                for r in results]
+
+    def reload_engine(self) -> None:
+        """Load the models again (after the engine failed on a probe text)."""
+        self.engine = _load_engine(self.settings)
+        llm = getattr(self.engine, "llm", None)
+        if llm is not None:
+            llm.on_dropped_spans = self.telemetry.metrics.record_llm_dropped_spans
+
+
+PROBE_TEXT = "Hello, my parcel has not arrived yet."
+
+
+def _load_engine(settings: Settings, telemetry: Telemetry | None = None):
+    engine = load_engines(settings, telemetry)
+    if hasattr(engine, "warm_up"):  # not the no-op engine
+        log.info("models warmed up in %.1fs", engine.warm_up())
+    log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
+             ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
+    return engine
 
 
 def load_engines(settings: Settings, telemetry: Telemetry | None = None):
@@ -209,6 +251,9 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
     tombstone_partitions: list[int] = []
     result = BatchResult(out=[])
     for i, rec in enumerate(records):
+        if rec.client_error is not None:
+            bad.append((i, rec, "undecodable_record", rec.client_error, "KafkaError", None))
+            continue
         decoded = decode_input(rec.value, rec.topic, runtime.catalog, runtime.settings.max_text_bytes)
         if decoded is None:
             tombstone_partitions.append(rec.partition)
@@ -228,11 +273,11 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
     if trace is not None and oks:
         trace.inference([i for i, _, _ in oks], start_ns, time.time_ns())
 
+    producer = runtime.producer
     for (i, rec, event), inference in zip(oks, inferred):
         if isinstance(inference, InferenceFailure):
-            bad.append((i, rec, getattr(inference.exc, "reason", "inference_error"),
-                        f"{type(inference.exc).__name__}: {inference.exc}",
-                        type(inference.exc).__name__, inference.exc))
+            bad.append((i, rec, inference.reason, describe(inference.exc), type(inference.exc).__name__,
+                        inference.exc))
             continue
         source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
         try:
@@ -240,30 +285,29 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
                 enriched_record(event, inference, source, runtime.models[route.input], result.inference_ms),
                 route.output)
         except Exception as exc:  # noqa: BLE001
-            bad.append((i, rec, "encode_error", f"{type(exc).__name__}: {exc}", type(exc).__name__, exc))
+            bad.append((i, rec, "encode_error", describe(exc), type(exc).__name__, exc))
             continue
         key = rec.key if rec.key is not None else event.event_id.encode()
         if trace is None:
             headers = [*rec.headers, *more(rec)]
         else:  # this worker's context replaces the producer's: subscribers continue the trace
             headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
-        result.out.append(OutRecord(route.output, key, value, headers))
+        out = OutRecord(route.output, key, value, headers, "output", rec)
+        if not producer.fits(out):  # sized before producing: librdkafka would refuse it
+            bad.append((i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
+                        f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge", None))
+            continue
+        result.out.append(out)
     result.enriched = len(result.out)
 
     for i, rec, reason, message, error_class, exc in bad:
         if trace is None:
-            log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset,
-                        reason, message[:200])
+            _log_dead_letter(rec, reason, message)
         else:
             with trace.current(i):  # the line carries the event's (the producer's) trace id
-                log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition,
-                            rec.offset, reason, message[:200])
-        headers = dlq_headers(original_headers=rec.headers, reason=reason, message=message,
-                              error_class=error_class, topic=rec.topic, partition=rec.partition,
-                              offset=rec.offset, timestamp_ms=rec.timestamp_ms,
-                              worker_id=runtime.worker_id, exc=exc,
-                              trace_context=None if trace is None else trace.send(i, route.dlq, reason))
-        result.out.append(OutRecord(route.dlq, rec.key, rec.value or b"", [*headers, *more(rec)]))
+                _log_dead_letter(rec, reason, message)
+        result.out.append(dead_letter(runtime, route, rec, reason, message, error_class, exc, more,
+                                      None if trace is None else trace.send(i, route.dlq, reason)))
     result.dead = len(bad)
 
     runtime.telemetry.metrics.record_batch(
@@ -271,3 +315,65 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
         dead=[(rec.partition, reason) for _, rec, reason, _, _, _ in bad],
         inference_s=result.inference_ms / 1000 if oks else None)
     return result
+
+
+def _log_dead_letter(rec: InRecord, reason: str, message: str) -> None:
+    log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, reason,
+                sanitize(message, 200))
+
+
+OMITTED = "__streams.errors.omitted"
+
+
+def dead_letter(runtime: Runtime, route: TopicRoute, rec: InRecord, reason: str, message: str,
+                error_class: str, exc: BaseException | None = None,
+                more: Callable[[InRecord], list[tuple[str, bytes]]] = _no_headers,
+                trace_context: list[tuple[str, bytes]] | None = None, *, bare: bool = False) -> OutRecord:
+    """The dead letter of one input record: its key, bytes and headers plus provenance, or,
+    when that would be over the producer's limit (or `bare`), provenance alone with
+    `__streams.errors.omitted` naming what was left out: the original stays in the input topic
+    at the coordinates the headers give."""
+    headers = dlq_headers(original_headers=rec.headers, reason=reason, message=message,
+                          error_class=error_class, topic=rec.topic, partition=rec.partition,
+                          offset=rec.offset, timestamp_ms=rec.timestamp_ms,
+                          worker_id=runtime.worker_id, exc=exc, trace_context=trace_context)
+    if rec.client_error is not None:
+        return OutRecord(route.dlq, None, b"", [*headers, (OMITTED, b"key,value,headers"), *more(rec)],
+                         "dlq_bare", rec)
+    out = OutRecord(route.dlq, rec.key, rec.value or b"", [*headers, *more(rec)], "dlq", rec)
+    if not bare and runtime.producer.fits(out):
+        return out
+    provenance = dlq_headers(original_headers=[], reason=reason, message=message,
+                             error_class=error_class, topic=rec.topic, partition=rec.partition,
+                             offset=rec.offset, timestamp_ms=rec.timestamp_ms,
+                             worker_id=runtime.worker_id, exc=exc, trace_context=trace_context)
+    key = rec.key if rec.key is not None and len(rec.key) <= 1024 else None
+    omitted = "value,headers" if key is not None or rec.key is None else "key,value,headers"
+    return OutRecord(route.dlq, key, b"", [*provenance, (OMITTED, omitted.encode()), *more(rec)],
+                     "dlq_bare", rec)
+
+
+def deliver(runtime: Runtime, out: list[OutRecord], timeout: float | None = None) -> None:
+    """Produce a batch's records and wait for the broker's acknowledgements. An output the
+    broker refuses for good is dead-lettered in its place; a refused dead letter goes again
+    without the original bytes and headers; a refused bare dead letter is fatal (the DLQ
+    topic itself does not take records)."""
+    rejected = runtime.producer.deliver(out, timeout)
+    while rejected:
+        again = []
+        for record, why in rejected:
+            rec = record.source
+            route = runtime.settings.route(rec.topic)
+            if record.kind == "output":
+                log.warning("the broker refused the enriched record of %s[%d]@%d (%s); dead-lettering it",
+                            rec.topic, rec.partition, rec.offset, why)
+                again.append(dead_letter(runtime, route, rec, "output_rejected", why, "KafkaError"))
+            elif record.kind == "dlq":
+                log.warning("the broker refused the dead letter of %s[%d]@%d (%s); sending it without "
+                            "the original bytes", rec.topic, rec.partition, rec.offset, why)
+                reason = dict(record.headers or []).get(PREFIX + "reason", b"unknown").decode()
+                again.append(dead_letter(runtime, route, rec, reason, why, "KafkaError", bare=True))
+            else:
+                raise FatalError(f"the DLQ topic {record.topic!r} refuses even a bare dead letter ({why}): "
+                                 "check its configuration (max.message.bytes, ACLs)")
+        rejected = runtime.producer.deliver(again, timeout)

@@ -1,9 +1,13 @@
 """Produce step: a librdkafka producer (acks=all, idempotent, batched in C) and one call that
-returns only when the broker has acknowledged every record of a batch.
+returns only when the broker has acknowledged every record of a batch, or refused it for good.
 
-The worker commits its input offsets after this returns, never before (at-least-once). A
-record whose delivery fails is sent again rather than dropped or raised; a worker that cannot
-deliver within its shutdown grace exits without committing, and the batch is re-delivered."""
+The worker commits its input offsets after this returns, never before (at-least-once). Failed
+deliveries are sorted by `streams.errors.classify_delivery`:
+- RETRY (broker down, timed out): the same record (headers included) is sent again with
+  backoff, for as long as it takes; `retrying` says why meanwhile (/readyz reads it);
+- DLQ (this record is refused: too large, invalid): returned to the caller, who dead-letters it,
+  once it was refused when sent alone (the broker refuses whole batches);
+- EXIT (fenced, not authorized, invalid configuration): `FatalError`."""
 
 from __future__ import annotations
 
@@ -11,58 +15,133 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
+from .errors import FatalError, classify_delivery, producer_state_lost, sanitize
 from .records import OutRecord
 
 log = logging.getLogger("streams.produce")
 
+RECORD_OVERHEAD = 128  # bytes librdkafka adds to a record (lengths, varints, batch share)
+HEADER_OVERHEAD = 8
+
+
+def record_size(record: OutRecord) -> int:
+    """An upper bound on the bytes a record takes against message.max.bytes."""
+    size = RECORD_OVERHEAD + len(record.key or b"") + len(record.value or b"")
+    for name, value in record.headers or ():
+        size += HEADER_OVERHEAD + len(name.encode("utf-8", "surrogateescape")) + len(value or b"")
+    return size
+
 
 class AckingProducer:
-    def __init__(self, config: dict):
-        self._producer = Producer(config | {"acks": "all", "enable.idempotence": True,
-                                            "linger.ms": 5})
-        self._failed: list[tuple[OutRecord, object]] = []
+    def __init__(self, config: dict, *, max_message_bytes: int = 1_000_000,
+                 max_backoff_s: float = 30.0):
+        self.max_message_bytes = max_message_bytes
+        self.max_backoff_s = max_backoff_s
+        self._config = config | {"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                 "message.max.bytes": max_message_bytes}
+        self._producer = Producer(self._config)
+        self._failed: list[tuple[OutRecord, KafkaError]] = []
         self._lock = threading.Lock()
+        self.retrying: str | None = None  # why deliveries are being retried right now
 
-    def _delivered(self, err, msg) -> None:
-        if err is not None:
-            with self._lock:
-                self._failed.append((OutRecord(msg.topic(), msg.key(), msg.value() or b"",
-                                               msg.headers()), err))
+    def fits(self, record: OutRecord) -> bool:
+        return record_size(record) <= self.max_message_bytes
 
     def _produce(self, record: OutRecord) -> None:
+        def delivered(err, _msg, record=record) -> None:  # the record itself, headers and all
+            if err is not None:
+                with self._lock:
+                    self._failed.append((record, err))
+
         while True:
             try:
                 self._producer.produce(record.topic, key=record.key, value=record.value,
-                                       headers=record.headers, on_delivery=self._delivered)
+                                       headers=record.headers, on_delivery=delivered)
                 return
             except BufferError:  # local queue full: let deliveries drain (backpressure)
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused before it left: sorted like a delivery error
+                with self._lock:
+                    self._failed.append((record, exc.args[0]))
+                return
 
-    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> None:
-        """Returns once the broker has acknowledged every record, re-sending failed ones with
-        backoff. With a timeout, raises TimeoutError when that cannot happen in time; without
-        one it keeps trying (the worker's shutdown grace bounds it)."""
+    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> list[tuple[OutRecord, str]]:
+        """Returns once the broker has acknowledged every record except those it refused for
+        good, which come back with the reason. With a timeout, raises TimeoutError when that
+        cannot happen in time; without one it keeps trying (the worker's shutdown grace
+        bounds it).
+
+        The broker refuses a whole partition batch, not a record: every record that shared a
+        refused batch gets the error. So a record refused while others were in flight is sent
+        again alone, and only a record refused on its own is returned."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        rejected: list[tuple[OutRecord, str]] = []
+        suspects: list[OutRecord] = []  # refused alongside others: each goes again alone
         attempt = 0
-        while records:
-            for record in records:
-                self._produce(record)
-            while self._producer.flush(1.0) > 0:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
-            with self._lock:
-                failed, self._failed = self._failed, []
-            records = [record for record, _ in failed]
-            if records:
-                attempt += 1
-                log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
-                            attempt, failed[0][1])
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(records)} records could not be delivered")
-                time.sleep(min(5.0, 0.2 * 2 ** attempt))
+        renewed = False
+        try:
+            while records or suspects:
+                if not records:
+                    records, suspects = suspects[:1], suspects[1:]
+                alone = len(records) == 1
+                for record in records:
+                    self._produce(record)
+                while self._producer.flush(1.0) > 0:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
+                with self._lock:
+                    failed, self._failed = self._failed, []
+                records = []
+                lost = next((err for _, err in failed if producer_state_lost(err)), None)
+                if lost is not None:
+                    if renewed:
+                        raise FatalError(f"a new producer was fenced too ({lost.name()}: "
+                                         f"{sanitize(lost.str())}): another process may be using this "
+                                         "producer's identity; check the deployment")
+                    renewed = True
+                    failed = self._renew(failed, lost)
+                for record, err in failed:
+                    action = _action(err)
+                    if action == "EXIT":
+                        raise FatalError(f"the broker refused to take {record.topic!r}: {err.name()} "
+                                         f"({sanitize(err.str())}); check the producer's credentials, "
+                                         "ACLs and settings")
+                    if action == "DLQ" and alone:
+                        rejected.append((record, f"{err.name()}: {sanitize(err.str())}"))
+                    elif action == "DLQ":
+                        suspects.append(record)
+                    else:
+                        records.append(record)
+                if records:
+                    attempt += 1
+                    retried = [err for _, err in failed if _action(err) == "RETRY"]
+                    self.retrying = f"broker: {retried[0].name()}"
+                    log.warning("%d deliveries failed (attempt %d), re-sending: %s", len(records),
+                                attempt, sanitize(retried[0].str()))
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"{len(records)} records could not be delivered")
+                    time.sleep(min(self.max_backoff_s, 0.2 * 2 ** attempt))
+        finally:
+            self.retrying = None
+        return rejected
 
-    def send_all_blocking(self, records: list[OutRecord], timeout: float = 120.0) -> None:
-        """`deliver` with a deadline, for operator commands (`streams replay`)."""
-        self.deliver(records, timeout=timeout)
+    def _renew(self, failed: list[tuple[OutRecord, KafkaError]], why: KafkaError) -> list[tuple[OutRecord, KafkaError]]:
+        """Replace a producer whose idempotence state is lost by a new one (a new producer id);
+        every record the old one still held comes back as failed, to be sent again."""
+        log.warning("the producer lost its idempotence state (%s); sending the batch again with a "
+                    "new producer", why.name())
+        old = self._producer
+        old.purge()
+        old.flush(5.0)
+        with self._lock:
+            failed, self._failed = failed + self._failed, []
+        self._producer = Producer(self._config)
+        seen: set[int] = set()
+        return [(r, e) for r, e in failed if id(r) not in seen and not seen.add(id(r))]
+
+
+def _action(err: KafkaError):
+    """A lost idempotence state is retried with a new producer (`_renew`); the rest as classified."""
+    return "RETRY" if producer_state_lost(err) else classify_delivery(err)

@@ -17,6 +17,10 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # Set when the Kafka client could not hand the record out (a corrupt or lying batch):
+    # the client's error. Key, value and headers are then unknown; the record is dead-lettered
+    # by its coordinates.
+    client_error: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: made per event, and frozen costs 4x to construct
@@ -27,3 +31,8 @@ class OutRecord:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
+    # What it is: "output" (an enriched event), "dlq" (a dead letter with the original bytes),
+    # "dlq_bare" (a dead letter with provenance only), and the record it was made from: a
+    # refused output or dead letter is re-made from it.
+    kind: str = "output"
+    source: InRecord | None = None

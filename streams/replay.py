@@ -1,9 +1,14 @@
 """Re-enrich a time range of an input topic: `streams replay`.
 
-Offsets from timestamps are only a starting hint: the range is bounded by the records' own
-timestamps (skip records before --from, stop a partition at the first record at or after --to,
-or at its end). That stays correct on real Kafka and on brokers whose ListOffsets-by-time or
-high watermark read low (the embedded tansu broker does both).
+A range is bounded by offsets and by the records' own timestamps. Each partition is read from
+the offset ListOffsets gives for --from (a lower bound) to its end offset when the replay
+started; every record in between is read, and those stamped outside [--from, --to) are
+skipped and counted. A partition never ends at its first out-of-range timestamp: one
+out-of-order timestamp must not hide the in-range records after it. The end offset is the
+listed high watermark, raised to where a fetch reports the end of the partition (the embedded
+tansu broker lists the high watermark low: its last batch's first offset + 1), and a partition
+ends at it even when its last records are control records (transaction markers), which never
+reach the application.
 
 The replay reads with its own consumer group (`streams-replay-<replay id>`, never the live
 worker's) and commits after every acknowledged batch, so an interrupted run resumes where it
@@ -12,30 +17,42 @@ stopped when started again with the same arguments (same replay id)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from .kafka import consumer as make_consumer
+from .kafka import read_headers
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
     from .pipeline import Runtime
     from .records import InRecord
 
+log = logging.getLogger(__name__)
+
 REPLAY_HEADER = "streams.replay.id"
-IDLE_END_S = 3.0  # a partition with nothing more to read for this long is at its end
+DELIVERY_TIMEOUT_S = 120.0  # an operator command gives up (exit non-zero) rather than wait forever
+# A partition whose reader reports its end below the range's end offset (read_committed stops
+# at an open transaction) and gets nothing more for this long is ended there, with a warning.
+IDLE_END_S = 10.0
+PROBE_S = 5.0  # how long plan() reads to find where each partition really ends
+# Readers report the end of a partition (how a trailing control record is seen) and never fall
+# back to auto.offset.reset: an offset out of range is an error, not "replay from the start".
+READER_CONF = {"enable.partition.eof": True, "auto.offset.reset": "error"}
 
 
 @dataclass
 class PartitionRange:
     partition: int
-    start: int  # first offset to read (a hint may start earlier; timestamps filter)
-    end_hint: int  # high watermark when the replay started
+    start: int  # first offset to read (may be low: timestamps filter)
+    end: int  # end offset (exclusive): the partition's end when the replay started
+    note: str | None = None  # what the plan changed (a clamped --from-offset), for the operator
 
 
 @dataclass
@@ -43,7 +60,13 @@ class Progress:
     read: int = 0
     enriched: int = 0
     dead: int = 0
-    skipped: int = 0  # outside the time range
+    skipped: int = 0  # read, but stamped outside the time range
+
+
+def in_range(ts: int | None, start_ms: int, end_ms: int) -> bool:
+    """Inside [start_ms, end_ms) by the record's own timestamp; a record without one (None or
+    negative) is bounded by offsets alone."""
+    return ts is None or ts < 0 or start_ms <= ts < end_ms
 
 
 def replay_id(topic: str, start: str, end: str | None, partitions: list[int] | None,
@@ -62,7 +85,10 @@ def to_ms(value: datetime) -> int:
 
 def plan(settings: Settings, topic: str, start_ms: int | None, partitions: list[int] | None,
          from_offset: int | None) -> list[PartitionRange]:
-    probe = make_consumer(settings, f"streams-replay-probe-{uuid.uuid4().hex[:8]}")
+    """Offsets to read per partition. --from-offset is checked against both ends: before the
+    beginning it is clamped to the beginning (the range's note says so), past the end it is
+    refused (ValueError): a fetch out of range would fall back to auto.offset.reset."""
+    probe = make_consumer(settings, f"streams-replay-probe-{uuid.uuid4().hex[:8]}", **READER_CONF)
     try:
         meta = probe.list_topics(topic, timeout=15).topics.get(topic)
         if meta is None or meta.error is not None:
@@ -71,43 +97,92 @@ def plan(settings: Settings, topic: str, start_ms: int | None, partitions: list[
         missing = set(chosen) - set(meta.partitions)
         if missing:
             raise ValueError(f"topic {topic!r} has no partition(s) {sorted(missing)}")
-        ranges = []
-        if from_offset is None:
+        listed = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15) for p in chosen}
+        ends = _log_ends(probe, topic, listed)
+        if from_offset is not None:
+            past = [p for p in chosen if from_offset > ends[p]]
+            if past:
+                where = ", ".join(f"partition {p} ends at offset {ends[p]}" for p in past)
+                raise ValueError(f"--from-offset {from_offset} is past the end: {where}; refusing "
+                                 "(a fetch out of range would restart from auto.offset.reset)")
+        else:
             hints = probe.offsets_for_times([TopicPartition(topic, p, start_ms) for p in chosen], timeout=15)
+        ranges = []
         for i, p in enumerate(chosen):
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=15)
+            low, end = listed[p][0], ends[p]
+            note = None
             if from_offset is not None:
                 start = max(low, from_offset)
+                if from_offset < low:
+                    note = (f"--from-offset {from_offset} is before the beginning of partition {p} "
+                            f"(offset {low}): clamped to {low}")
             else:
                 hint = hints[i].offset
-                # -1: no record at/after the time (real Kafka) -> start at the end; anything
-                # else is a lower bound that timestamps refine while reading.
-                start = high if hint < 0 else max(low, min(hint, high))
-            ranges.append(PartitionRange(p, start, high))
+                # -1: no record at/after the time (real Kafka) -> nothing to read; anything else
+                # is a lower bound (tansu answers 0 for its last batch) that timestamps refine.
+                start = end if hint < 0 else max(low, min(hint, end))
+            ranges.append(PartitionRange(p, start, end, note))
         return ranges
     finally:
         probe.close()
 
 
+def _log_ends(probe: Consumer, topic: str, listed: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """Each partition's end offset: the listed high watermark, raised to where a fetch from
+    just below it reports the end of the partition. On real Kafka the two agree (unless records
+    arrive meanwhile); tansu lists its last batch's first offset + 1, which would cut the rest
+    of that batch out of the range. Bounded by PROBE_S: the listed value stands where no end
+    was reported in time."""
+    ends = {p: high for p, (_, high) in listed.items()}
+    todo = {p: max(low, high - 1) for p, (low, high) in listed.items() if high > low}
+    if not todo:
+        return ends
+    probe.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
+    deadline = time.monotonic() + PROBE_S
+    try:
+        while todo and time.monotonic() < deadline:
+            for msg in probe.consume(1000, 0.5):
+                p, err = msg.partition(), msg.error()
+                if p not in todo:
+                    continue
+                if err is None:
+                    ends[p] = max(ends[p], msg.offset() + 1)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    ends[p] = max(ends[p], msg.offset())
+                    del todo[p]
+    finally:
+        probe.unassign()
+    if todo:
+        log.warning("replay plan: no end of partition reported within %.0fs for %s partition(s) %s; "
+                    "using the listed high watermark", PROBE_S, topic, sorted(todo))
+    return ends
+
+
 def count_range(settings: Settings, topic: str, ranges: list[PartitionRange], start_ms: int,
-                end_ms: int, done_below: dict[int, int] | None = None) -> tuple[dict[int, int], dict[int, int]]:
-    """Records per partition inside the time range (read, not estimated: offsets may lie), and
-    how many of them lie below `done_below[partition]`: what an interrupted run of this replay
-    already enriched (its group's committed offsets)."""
+                end_ms: int, done_below: dict[int, int] | None = None
+                ) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """Per partition: records inside the time range (read, not estimated: offsets may lie), how
+    many of them lie below `done_below[partition]` (what an interrupted run of this replay
+    already enriched: its group's committed offsets), and records skipped as out of range.
+    Reads exactly what run_replay reads, so the dry run and the replay agree."""
     counts = {r.partition: 0 for r in ranges}
     done = {r.partition: 0 for r in ranges}
+    skipped = {r.partition: 0 for r in ranges}
     below = done_below or {}
-    cons = make_consumer(settings, f"streams-replay-count-{uuid.uuid4().hex[:8]}")
+    cons = make_consumer(settings, f"streams-replay-count-{uuid.uuid4().hex[:8]}", **READER_CONF)
     try:
-        for batch in read_range(cons, topic, ranges, end_ms, batch_size=1000, resume=False):
-            for r in batch:
-                if r.timestamp_ms is None or r.timestamp_ms >= start_ms:
-                    counts[r.partition] += 1
-                    if r.offset < below.get(r.partition, -1):
-                        done[r.partition] += 1
+        for batch in read_messages(cons, topic, ranges, batch_size=1000, resume=False):
+            for m in batch:
+                p = m.partition()
+                if not in_range(m.timestamp()[1], start_ms, end_ms):
+                    skipped[p] += 1
+                    continue
+                counts[p] += 1
+                if m.offset() < below.get(p, -1):
+                    done[p] += 1
     finally:
         cons.close()
-    return counts, done
+    return counts, done, skipped
 
 
 def replayed_offsets(settings: Settings, topic: str, ranges: list[PartitionRange], rid: str) -> dict[int, int]:
@@ -122,53 +197,85 @@ def replay_group(rid: str) -> str:
     return f"streams-replay-{rid}"
 
 
-def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
-               batch_size: int, resume: bool = True):
-    """Yield batches of records (pipeline InRecords) from each range's start (or, with
-    `resume`, the group's committed offset) until a record at/after end_ms, or the
-    partition's end. Commits nothing."""
+def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
+               resume: bool = True):
+    """read_messages' batches as pipeline InRecords. Commits nothing."""
     from .records import InRecord
 
-    for msgs in read_messages(cons, topic, ranges, end_ms, batch_size=batch_size, resume=resume):
+    for msgs in read_messages(cons, topic, ranges, batch_size=batch_size, resume=resume):
         yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                        list(m.headers() or [])) for m in msgs]
+                        read_headers(m)) for m in msgs]
 
 
-def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], end_ms: int, *,
-                  batch_size: int, resume: bool = True):
-    """read_range's reading, as confluent_kafka Messages: for callers that need no pipeline
-    (importing it loads torch, seconds)."""
+def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
+                  resume: bool = True, stop_at_ms: int | None = None, stopped: dict[int, int] | None = None):
+    """Yield batches of confluent_kafka Messages (for callers that need no pipeline: importing
+    it loads torch) from each range's start (or, with `resume`, the group's committed offset
+    where it is further) to its end offset: every data record in between, whatever its
+    timestamp (callers filter and count). A partition ends at a record at/after its end
+    offset, at a position at its end, or at an end-of-partition report at/after it (how
+    trailing control records are seen). `cons` must be made with READER_CONF.
+
+    `stop_at_ms` ends a partition instead at its first record stamped at/after that time (not
+    yielded; its offset goes into `stopped`): `streams offsets reset` semantics."""
     tps = [TopicPartition(topic, r.partition) for r in ranges]
     committed = {tp.partition: tp.offset for tp in cons.committed(tps, timeout=15)} if resume else {}
-    assign = [TopicPartition(topic, r.partition,
-                             committed[r.partition] if committed.get(r.partition, -1) >= 0 else r.start)
-              for r in ranges]
-    cons.assign(assign)
-    end_hint = {r.partition: r.end_hint for r in ranges}
-    position = {tp.partition: tp.offset for tp in assign}
-    last_seen = {p: time.monotonic() for p in position}
+    end = {r.partition: r.end for r in ranges}
+    position: dict[int, int] = {}
+    for r in ranges:
+        at = max(r.start, committed.get(r.partition, -1))
+        if at < r.end:
+            position[r.partition] = at
+    cons.assign([TopicPartition(topic, p, o) for p, o in position.items()])
+    short_since: dict[int, float] = {}  # partition -> when its reader reported an end below `end`
+
+    def finish(p: int) -> None:
+        del position[p]
+        short_since.pop(p, None)
+        cons.pause([TopicPartition(topic, p)])
+
     while position:
         msgs = cons.consume(batch_size, 0.5)
         now = time.monotonic()
         batch = []
         for msg in msgs:
-            p = msg.partition()
-            if msg.error() or p not in position:
+            p, err = msg.partition(), msg.error()
+            if p not in position:
                 continue
-            last_seen[p] = now
-            _, ts = msg.timestamp()
-            if ts is not None and ts >= end_ms:  # past the range: this partition is done
-                del position[p]
-                cons.pause([TopicPartition(topic, p)])
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if msg.offset() >= end[p]:
+                        finish(p)
+                    else:
+                        short_since.setdefault(p, now)
+                elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise ValueError(f"{topic}[{p}]: offset {position[p]} is out of range "
+                                     f"(deleted by retention?): {err.str()}")
+                else:
+                    log.warning("replay read %s[%s]: %s", topic, p, err.str())
+                continue
+            short_since.pop(p, None)
+            if msg.offset() >= end[p]:  # written after the replay started
+                finish(p)
+                continue
+            ts = msg.timestamp()[1]
+            if stop_at_ms is not None and ts is not None and ts >= stop_at_ms:
+                if stopped is not None:
+                    stopped[p] = msg.offset()
+                finish(p)
                 continue
             position[p] = msg.offset() + 1
             batch.append(msg)
         if batch:
             yield batch
-        for p in list(position):  # at the end: past the start-time high watermark and idle
-            if position[p] >= end_hint[p] and now - last_seen[p] > IDLE_END_S:
-                del position[p]
-                cons.pause([TopicPartition(topic, p)])
+        for p in list(position):
+            if position[p] >= end[p]:
+                finish(p)
+            elif p in short_since and now - short_since[p] > IDLE_END_S:
+                log.warning("replay read %s[%s]: the reader reports the end at offset %s, below the "
+                            "range's end %s, for %.0fs (an open transaction?): ending there",
+                            topic, p, position[p], end[p], IDLE_END_S)
+                finish(p)
 
 
 def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: int, end_ms: int,
@@ -176,12 +283,16 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                on_batch=None) -> Progress:
     """Enrich the range, produce (acks=all), then commit what was produced; `limit` stops
     after that many events (the next run resumes after them)."""
-    from .pipeline import enrich_records
+    from .pipeline import deliver, enrich_records
 
+    if output in settings.routes:
+        raise ValueError(f"output topic {output!r} is an input topic: refusing to replay into it")
+    # A new output topic: its subject, with the schema of the route's own output topic.
+    runtime.catalog.register_output(output, like=settings.route(topic).output)
     route = settings.route(topic).model_copy(update={"output": output})
     version = ",".join(sorted({m.version for m in runtime.engine.models}))
     progress = Progress()
-    cons = make_consumer(settings, replay_group(rid))
+    cons = make_consumer(settings, replay_group(rid), **READER_CONF)
 
     def headers(rec: InRecord) -> list[tuple[str, bytes]]:
         return [(REPLAY_HEADER, rid.encode()),
@@ -189,18 +300,18 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                 ("streams.replay.model.version", version.encode())]
 
     try:
-        for batch in read_range(cons, topic, ranges, end_ms, batch_size=settings.max_batch):
+        for batch in read_range(cons, topic, ranges, batch_size=settings.max_batch):
             if limit is not None:  # keep records up to the limit-th one in range
-                in_range = [i for i, r in enumerate(batch) if r.timestamp_ms is None or r.timestamp_ms >= start_ms]
+                inside = [i for i, r in enumerate(batch) if in_range(r.timestamp_ms, start_ms, end_ms)]
                 room = limit - progress.read
-                if len(in_range) > room:
-                    batch = batch[: in_range[room]] if room < len(in_range) else batch
-            wanted = [r for r in batch if r.timestamp_ms is None or r.timestamp_ms >= start_ms]
+                if len(inside) > room:
+                    batch = batch[: inside[room]]
+            wanted = [r for r in batch if in_range(r.timestamp_ms, start_ms, end_ms)]
             progress.skipped += len(batch) - len(wanted)
             for partition in sorted({r.partition for r in wanted}):
                 recs = [r for r in wanted if r.partition == partition]
                 result = enrich_records(runtime, route, recs, extra_headers=headers)
-                runtime.producer.send_all_blocking(result.out)
+                deliver(runtime, result.out, timeout=DELIVERY_TIMEOUT_S)
                 progress.enriched += result.enriched
                 progress.dead += result.dead
             progress.read += len(wanted)
@@ -305,19 +416,19 @@ def offsets_at(settings: Settings, group: str, topics: list[str], when_ms: int) 
     may be low): each partition is read until its first record at/after the time, all
     partitions of a topic together, as a throwaway group. `group` is only named in errors."""
     new: list[TopicPartition] = []
-    cons = make_consumer(settings, f"streams-offsets-{uuid.uuid4().hex[:8]}")
+    cons = make_consumer(settings, f"streams-offsets-{uuid.uuid4().hex[:8]}", **READER_CONF)
     try:
         for topic in topics:
             try:
                 ranges = plan(settings, topic, when_ms, None, None)
             except ValueError as exc:
                 raise ValueError(f"cannot reset group {group!r}: {exc}") from None
-            # read_messages stops a partition at its first record at/after when_ms (not yielded)
-            # or at its end: either way the offset after the last record yielded.
-            found = {r.partition: r.start for r in ranges}
-            for batch in read_messages(cons, topic, ranges, when_ms, batch_size=500):
-                for msg in batch:
-                    found[msg.partition()] = msg.offset() + 1
+            # the first record at/after when_ms where there is one, else the partition's end
+            stopped: dict[int, int] = {}
+            for _ in read_messages(cons, topic, ranges, batch_size=500, resume=False,
+                                   stop_at_ms=when_ms, stopped=stopped):
+                pass
+            found = {r.partition: stopped.get(r.partition, r.end) for r in ranges}
             new.extend(TopicPartition(topic, p, o) for p, o in sorted(found.items()))
     finally:
         cons.close()

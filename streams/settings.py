@@ -88,7 +88,27 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_session_timeout_s: float = Field(10.0, description="group session timeout; a join waits about half of it")
-    topic_partitions: int = Field(4, description="partitions when the service creates its topics")
+    topic_partitions: int = Field(4, ge=1, description="partitions of the output and DLQ topics the worker creates")
+    topic_replication_factor: int = Field(
+        -1, description="replication factor of the topics the worker creates; -1: the broker's "
+                        "default.replication.factor (KIP-464)")
+    create_topics: bool | None = Field(
+        None, description="create missing output and DLQ topics (never input topics) at start-up; "
+                          "unset: only when every bootstrap server is on loopback (the embedded broker)")
+    max_message_bytes: int = Field(
+        1_000_000, ge=1024, description="the producer's message.max.bytes: larger outputs are "
+                                        "dead-lettered, larger dead letters go without the original bytes")
+    undecodable_refetches: int = Field(
+        3, ge=1, description="times a record the Kafka client cannot decode is fetched before it is "
+                             "dead-lettered by its coordinates and skipped")
+    stall_after_s: float = Field(
+        300.0, gt=0, description="/readyz turns not-ready when a partition with lag has not advanced "
+                                 "for this long")
+    delivery_timeout_s: float = Field(
+        300.0, gt=0, description="librdkafka's message.timeout.ms: a delivery not acknowledged in this "
+                                 "time fails and the worker sends it again (the broker is waited out)")
+    retry_max_backoff_s: float = Field(30.0, gt=0, description="longest pause between retries of a "
+                                                               "batch while a dependency is down")
 
     topics: list[TopicRoute] = Field(default_factory=default_routes)
 
@@ -174,6 +194,13 @@ class Settings(BaseSettings):
 
     def route(self, topic: str) -> TopicRoute:
         return self.routes[topic]
+
+    @property
+    def creates_topics(self) -> bool:
+        if self.create_topics is not None:
+            return self.create_topics
+        hosts = [b.strip().rsplit(":", 1)[0].strip("[]") for b in self.kafka_bootstrap.split(",")]
+        return all(h in ("127.0.0.1", "localhost", "::1") for h in hosts)
 
     def librdkafka_config(self) -> dict[str, str]:
         """Connection settings for confluent-kafka (producer, consumer, admin)."""

@@ -15,12 +15,14 @@ import time
 from collections import defaultdict
 
 from .consume import BatchConsumer
-from .pipeline import Runtime, enrich_records
+from .errors import FatalError, RetriableError
+from .pipeline import Runtime, deliver, enrich_records
 from .records import InRecord
 
 log = logging.getLogger("streams.worker")
 
 EXIT_UNFINISHED_BATCH = 70  # exit status when a batch could not finish: it was not committed
+EXIT_FATAL = 78  # a fatal error (EX_CONFIG): what to fix is in the last log line
 
 
 class EnrichmentLoop:
@@ -43,17 +45,24 @@ class EnrichmentLoop:
         for topic, recs in by_topic.items():
             telemetry.add_in_flight(len(recs), topic)
         out, results = [], []
-        for topic, recs in by_topic.items():
-            result = enrich_records(self.runtime, self.runtime.settings.route(topic), recs,
-                                    received_ns=received_ns, defer_trace_end=True)
-            results.append(result)
-            out.extend(result.out)
-            log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms",
-                     topic, result.enriched, result.dead, result.tombstones, result.inference_ms)
+        try:
+            for topic, recs in by_topic.items():
+                result = enrich_records(self.runtime, self.runtime.settings.route(topic), recs,
+                                        received_ns=received_ns, defer_trace_end=True)
+                results.append(result)
+                out.extend(result.out)
+                log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms",
+                         topic, result.enriched, result.dead, result.tombstones, result.inference_ms)
+        except BaseException as exc:  # a dependency failed: the batch will be retried whole
+            for result in results:
+                result.end_trace(exc)
+            for topic, recs in by_topic.items():
+                telemetry.add_in_flight(-len(recs), topic)
+            raise
         # The broker's acknowledgements for every output and dead letter, then the commit.
         sent = time.perf_counter()
         try:
-            self.runtime.producer.deliver(out)
+            deliver(self.runtime, out)
         except BaseException as exc:
             for result in results:
                 result.end_trace(exc)
@@ -61,7 +70,8 @@ class EnrichmentLoop:
         produce_s = time.perf_counter() - sent
         for result in results:
             result.end_trace()  # the send spans end at the acknowledgement
-        self.consumer.commit(records)
+        if self.consumer.commit(records):
+            self.consumer.state.advance(records)
         for topic, recs in by_topic.items():
             telemetry.record_produce(topic, produce_s)
             telemetry.add_in_flight(-len(recs), topic)
@@ -76,14 +86,51 @@ class EnrichmentLoop:
                 self.runtime.telemetry.record_lag(topic, partition, value)
 
     # -- the loop ----------------------------------------------------------------------------
+    def process_until_done(self, records: list[InRecord]) -> bool:
+        """`process`, retried with backoff while a dependency is down (nothing is dead-lettered
+        and nothing committed meanwhile; /readyz says why). A broken engine is reloaded once;
+        if it still fails, that is fatal. False when the batch was given up because the worker
+        is stopping: it was not committed and will be re-delivered."""
+        state, telemetry = self.consumer.state, self.runtime.telemetry
+        attempt, reloaded = 0, False
+        while True:
+            try:
+                self.process(records)
+            except RetriableError as exc:
+                if exc.dependency == "accelerator":
+                    if reloaded:
+                        raise FatalError(f"the models fail on every input after a reload ({exc}): "
+                                         "check the device and the model") from exc
+                    reloaded = True
+                    log.error("%s; reloading the models", exc)
+                    self.runtime.reload_engine()
+                attempt += 1
+                backoff = min(self.runtime.settings.retry_max_backoff_s, 0.5 * 2 ** attempt)
+                state.degraded = str(exc)
+                telemetry.record_retry(exc.dependency)
+                log.warning("%s: retrying the batch of %d records in %.1fs (attempt %d); nothing "
+                            "committed meanwhile", exc, len(records), backoff, attempt)
+                if self.stopping.wait(backoff):
+                    return False
+                continue
+            if state.degraded is not None:
+                state.degraded = None
+                telemetry.record_retry(None)
+                log.info("recovered after %d retries", attempt)
+            return True
+
     def run(self) -> None:
         """Until `stop()`: a batch in progress always finishes (delivered and committed)."""
         try:
             while not self.stopping.is_set():
                 records = self.consumer.take()
                 if records:
-                    self.process(records)
+                    self.process_until_done(records)
                 self._report_lag()
+        except FatalError as exc:
+            log.critical("fatal: %s. Exiting without committing the batch in progress.", exc)
+            logging.shutdown()
+            os._exit(EXIT_FATAL)
         except BaseException:  # noqa: BLE001 - the batch in progress was not committed
             log.exception("unexpected error in the worker loop; exiting without committing the batch")
             logging.shutdown()

@@ -17,7 +17,8 @@ from typing import Sequence
 
 import pytest
 
-from streams.pipeline import InferenceFailure, Runtime
+from streams.errors import RetriableError
+from streams.pipeline import PROBE_TEXT, InferenceFailure, Runtime
 from streams.engine import Classification, Inference, LabelSet
 
 POISON = "<poison>"
@@ -84,10 +85,12 @@ def test_one_poisoned_text_in_eight_fails_alone(exc_type, freed):
     assert_results(texts, results, {5}, exc_type)
     assert sum(isinstance(r, Inference) for r in results) == 7
     # Every good text was inferred successfully exactly once; the poisoned one never was.
-    succeeded = [t for batch, failed in engine.calls if not failed for t in batch]
+    succeeded = [t for batch, failed in engine.calls if not failed for t in batch if t != PROBE_TEXT]
     assert sorted(succeeded) == sorted(t for i, t in enumerate(texts) if i != 5)
-    # Bisection: the whole batch, then two halves per level down to the single bad text.
-    assert len(engine.calls) <= 2 * math.ceil(math.log2(len(texts))) + 1
+    # Bisection: the whole batch, then two halves per level down to the single bad text; then
+    # one probe text, which passes: the failure is the event's, not the engine's.
+    assert len(engine.calls) <= 2 * math.ceil(math.log2(len(texts))) + 2
+    assert engine.calls[-1] == ([PROBE_TEXT], False)
     assert len(freed) == sum(failed for _, failed in engine.calls)  # memory freed before each retry
 
 
@@ -136,3 +139,13 @@ def test_an_interrupt_is_not_swallowed(freed):
     engine = FakeEngine(contains_poison, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         EngineOnlyRuntime(engine).infer(texts_with_poison_at(4, 1), LABELS)
+
+
+def test_an_engine_that_fails_on_a_probe_text_too_is_broken_not_the_events(freed):
+    """A sticky accelerator error fails every text: no event is dead-lettered; the batch is
+    handed back to the worker as a dependency failure (it reloads the models, then retries)."""
+    engine = FakeEngine(lambda batch: True, RuntimeError)
+    with pytest.raises(RetriableError) as raised:
+        EngineOnlyRuntime(engine).infer(texts_with_poison_at(4, 1), LABELS)
+    assert raised.value.dependency == "accelerator"
+    assert engine.calls[-1] == ([PROBE_TEXT], True)

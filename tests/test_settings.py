@@ -100,7 +100,7 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
         def ensure_registered(self):
             pass
 
-    monkeypatch.setattr(pipeline, "ensure_topics", lambda s: None)  # no broker here
+    monkeypatch.setattr(pipeline, "ensure_output_topics", lambda s: None)  # no broker here
     monkeypatch.setattr(pipeline.SchemaCatalog, "from_settings", classmethod(lambda cls, s: Stub()))
     monkeypatch.setattr(pipeline, "AckingProducer", Stub)
     monkeypatch.setattr(pipeline.Engine, "load", load)

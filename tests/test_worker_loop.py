@@ -15,6 +15,8 @@ import pytest
 from streams.consume import BatchConsumer, ConsumerState
 from streams.engine import NoopEngine
 from streams.kafka import ensure_topics
+from streams import pipeline
+from streams.errors import FatalError, RetriableError
 from streams.pipeline import Runtime
 from streams.records import InRecord
 from streams.serde import SchemaCatalog
@@ -31,16 +33,23 @@ def _value(i: int) -> bytes:
 
 
 class CallLog:
+    max_message_bytes = 1_000_000
+    retrying = None
+
     def __init__(self, fail_delivery: bool = False):
         self.calls: list[tuple] = []
         self.fail_delivery = fail_delivery
         self.state = ConsumerState()
 
     # producer side
+    def fits(self, record) -> bool:
+        return True
+
     def deliver(self, records, timeout=None):
         self.calls.append(("deliver", len(records)))
         if self.fail_delivery:
             raise TimeoutError("broker gone")
+        return []
 
     # consumer side
     def commit(self, records):
@@ -77,6 +86,67 @@ def test_a_batch_that_cannot_be_delivered_is_not_committed(runtime):
     with pytest.raises(TimeoutError):
         loop.process(_records(3))
     assert [c[0] for c in log.calls] == ["deliver"]
+
+
+class BrokenEngine:
+    """Fails every text, the probe text too: a sticky accelerator error."""
+
+    device, load_seconds, models = "cpu", 0.0, NoopEngine.models
+
+    def __init__(self):
+        self.calls = 0
+
+    def infer(self, texts, labels):
+        self.calls += 1
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_an_engine_broken_on_every_input_is_reloaded_once_then_fatal(runtime, monkeypatch):
+    log = CallLog()
+    runtime.producer = log
+    runtime.engine = BrokenEngine()
+    reloads = []
+    monkeypatch.setattr(pipeline, "_load_engine", lambda settings: reloads.append(1) or BrokenEngine())
+    loop = EnrichmentLoop(runtime, consumer=log)
+    with pytest.raises(FatalError, match="after a reload"):
+        loop.process_until_done(_records(4))
+    assert reloads == [1]
+    assert log.calls == []  # nothing delivered, nothing committed, nothing dead-lettered
+
+
+def test_an_engine_that_recovers_after_a_reload_enriches_the_batch(runtime, monkeypatch):
+    log = CallLog()
+    runtime.producer = log
+    runtime.engine = BrokenEngine()
+    monkeypatch.setattr(pipeline, "_load_engine", lambda settings: NoopEngine())
+    loop = EnrichmentLoop(runtime, consumer=log)
+    assert loop.process_until_done(_records(4))
+    assert log.calls == [("deliver", 4), ("commit", (0, 13))]
+
+
+def test_a_dependency_failure_is_retried_without_dead_letters(runtime, monkeypatch):
+    """The registry (or any dependency) fails twice: the same batch is processed again, nothing
+    is dead-lettered meanwhile, and the worker says what it waits for."""
+    log = CallLog()
+    runtime.producer = log
+    runtime.settings = runtime.settings.model_copy(update={"retry_max_backoff_s": 0.01})
+    failures = iter([RetriableError("registry", "HTTP 503"), RetriableError("registry", "timeout")])
+    real = pipeline.decode_input
+    seen_degraded = []
+
+    def flaky(value, topic, catalog, max_bytes):
+        err = next(failures, None)
+        if err is not None:
+            seen_degraded.append(loop.consumer.state.degraded)
+            raise err
+        return real(value, topic, catalog, max_bytes)
+
+    monkeypatch.setattr(pipeline, "decode_input", flaky)
+    loop = EnrichmentLoop(runtime, consumer=log)
+    assert loop.process_until_done(_records(3))
+    assert log.calls == [("deliver", 3), ("commit", (0, 12))]
+    assert seen_degraded == [None, "registry: HTTP 503"]
+    assert loop.consumer.state.degraded is None
 
 
 def test_batch_consumer_commits_the_offset_after_each_partitions_last_record(broker):

@@ -162,6 +162,12 @@ class Telemetry:
         """Consumer lag of one assigned partition (high watermark - position)."""
         self.metrics.lag.set(lag, self.metrics.attributes(topic, partition))
 
+    def record_retry(self, dependency: str | None) -> None:
+        """A batch is being retried because `dependency` failed; None: the worker is healthy again."""
+        attrs = {"streams.dependency": dependency or "none"}
+        self.metrics.retries.add(0 if dependency is None else 1, attrs)  # 0: the series exists from the start
+        self.metrics.degraded.set(0 if dependency is None else 1)
+
     def record_model_load(self, seconds: float, models: Iterable = (), device=None) -> None:
         attrs = {"streams.models": ",".join(f"{m.task}={m.name}@{m.version}" for m in models)}
         if device is not None:

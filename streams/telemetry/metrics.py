@@ -99,6 +99,20 @@ class StreamMetrics:
             "streams.consumer.lag", unit="{message}", description="high watermark minus position")
         self.model_load = meter.create_gauge(
             "streams.model.load.duration", unit="s", description="time to load the models at start-up")
+        self.retries = meter.create_counter(
+            "streams.batch.retries", unit="{retry}",
+            description="batches retried because a dependency failed, by dependency")
+        self.degraded = meter.create_gauge(
+            "streams.worker.degraded", unit="1",
+            description="1 while the worker waits for a dependency (broker, registry, accelerator)")
+        # Set when /metrics or /readyz is read (streams.health), so they are current at scrape.
+        self.ready = meter.create_gauge(
+            "streams.worker.ready", unit="1", description="1 when /readyz answers 200")
+        self.stalled = meter.create_gauge(
+            "streams.partitions.stalled", unit="{partition}",
+            description="assigned partitions with work that have not advanced for stall_after_s")
+        self.models_loaded = meter.create_gauge(
+            "streams.models.loaded", unit="1", description="1 once the models are loaded")
         self.llm_dropped_spans = meter.create_counter(
             "streams.llm.dropped_spans", unit="{entity}",
             description="entities the LLM wrote that do not occur verbatim in the input text: dropped")

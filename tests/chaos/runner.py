@@ -1,15 +1,27 @@
 """Chaos suite against the embedded broker: kills, a frozen broker, poison, SIGTERM.
 
-`make chaos` runs the full sizes (`python -m tests.chaos`); `make test` runs a shorter version
-(tests/chaos/test_chaos.py). Prints a table and exits non-zero on any loss."""
+`make chaos` runs the full sizes (`python -m tests.chaos [--seed N]`); `make test` runs a
+shorter version (tests/chaos/test_chaos.py). Prints a table and exits non-zero on any loss, on
+duplicates above the bound, on a worker that exited on its own, or on a SIGTERM that did not
+land inside a batch. Every random choice comes from one seed, printed first; CHAOS_SEED=N (or
+--seed N) replays a run.
+
+Duplicate bound. The loop (streams/worker.py) takes one batch of at most STREAMS_MAX_BATCH
+records, enriches it, waits for the broker's acknowledgement of every output, then commits
+(synchronously) before it takes the next. Records librdkafka prefetched (STREAMS_MAX_IN_FLIGHT)
+have produced nothing yet, so a killed worker re-delivers them without duplicating anything.
+What a kill can duplicate is the batch produced but not yet committed: at most MAX_BATCH
+outputs per kill. A worker that stops on SIGTERM finishes and commits its batch: 0."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -31,35 +43,132 @@ class Outcome:
     duplicate_bound: int | None
     seconds: float
     note: str = ""
+    failures: list[str] = field(default_factory=list)  # a worker that died, a SIGTERM between batches
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and (self.duplicate_bound is None or self.duplicates <= self.duplicate_bound)
+        return (self.lost == 0 and not self.failures
+                and (self.duplicate_bound is None or self.duplicates <= self.duplicate_bound))
+
+
+BATCH_LINE = re.compile(r"batch \S+: (\d+) enriched, (\d+) dead-lettered")  # streams/worker.py's line
+
+# Small batches and prefetch, so the duplicate bound (kills x batch) is tight against the sizes.
+CHAOS_ENV = {"STREAMS_MAX_BATCH": 100, "STREAMS_MAX_IN_FLIGHT": 500}
+
+
+def seed_from(argv: list[str] | None = None) -> int:
+    """--seed N, else CHAOS_SEED, else a fresh random seed (printed by run())."""
+    argv = argv or []
+    if "--seed" in argv:
+        return int(argv[argv.index("--seed") + 1])
+    if os.environ.get("CHAOS_SEED"):
+        return int(os.environ["CHAOS_SEED"])
+    return random.SystemRandom().randrange(2**32)
 
 
 def _scenario(ctx, **env) -> Scenario:
     return Scenario(ctx["bootstrap"], ctx["models"], ctx["cache"], ctx["logs"],
-                    extra_env={k: str(v) for k, v in env.items()})
+                    extra_env={k: str(v) for k, v in (CHAOS_ENV | env).items()})
+
+
+def _until(worker: WorkerProcess, done):
+    """Stop collecting when `done` holds or the worker has exited (no waiting out a timeout)."""
+    return lambda c: done(c) or worker.proc.poll() is not None
+
+
+def _exited(worker: WorkerProcess, label: str, failures: list[str]) -> None:
+    """A worker the suite did not stop must still be running."""
+    code = worker.proc.poll()
+    if code is not None:
+        failures.append(f"worker {label} exited on its own (status {code}); see {worker.log_path}")
+
+
+def _messages(worker: WorkerProcess) -> list[str]:
+    """The worker's log messages (JSON lines; a line that is not JSON counts as its text)."""
+    out = []
+    for line in worker.log().splitlines():
+        try:
+            out.append(str(json.loads(line)["message"]))
+        except (ValueError, KeyError, TypeError):
+            out.append(line)
+    return out
+
+
+def _batch_lines(worker: WorkerProcess) -> int:
+    return sum(1 for m in _messages(worker) if m.startswith("batch "))
+
+
+def landed_mid_batch(messages: list[str]) -> str | None:
+    """None when the log shows the stop request, then a batch finishing (its line is written
+    after enrichment, before delivery and commit), then the loop stopping, with no failed
+    commit; else what is missing."""
+    stop = next((i for i, m in enumerate(messages) if m.startswith("shutting down")), None)
+    if stop is None:
+        return "no 'shutting down' line: the worker never saw the SIGTERM"
+    after = messages[stop + 1:]
+    batch = next((i for i, m in enumerate(after) if m.startswith("batch ")), None)
+    if batch is None:
+        return "no batch finished after the stop request: the SIGTERM landed between batches"
+    if any(m.startswith("commit failed") for m in after):
+        return "the batch in flight was not committed"
+    if not any(m.startswith("worker loop stopped") for m in after[batch + 1:]):
+        return "the loop did not stop after finishing the batch"
+    return None
+
+
+def _processed(workers: list[WorkerProcess]) -> int:
+    """Records the workers' batch lines account for (enriched + dead-lettered, repeats included)."""
+    total = 0
+    for worker in workers:
+        for m in _messages(worker):
+            hit = BATCH_LINE.match(m)
+            if hit:
+                total += int(hit.group(1)) + int(hit.group(2))
+    return total
+
+
+def _committed_total(settings, topic: str) -> int:
+    from confluent_kafka import TopicPartition
+
+    from streams.replay import committed_offsets
+
+    tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+    return sum(max(o, 0) for o in committed_offsets(settings, settings.app_id, tps).values())
 
 
 def kill_three_times(ctx, n: int, rng: random.Random) -> Outcome:
+    """Each kill is timed by the workers' own batch lines (not by a reader that lags behind),
+    and must land while part of the stream is still uncommitted, or it tested nothing."""
     sc = _scenario(ctx)
     settings = sc.settings
     produce(settings, sc.input, json_events(n, prefix="k"))
     started = time.monotonic()
-    for kill in range(3):
+    failures: list[str] = []
+    kills, workers = 3, []
+    for kill in range(kills):
         worker = WorkerProcess(sc, f"kill{kill}").start()
+        workers.append(worker)
         target = int(n * rng.uniform(0.15, 0.3) * (kill + 1))
-        got = collect(settings, sc, until=lambda c: len(c.enriched_ids) >= target, timeout=180)
+        deadline = time.monotonic() + 180
+        while _processed(workers) < target and worker.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _exited(worker, f"kill{kill}", failures)
         worker.kill()
+        committed = _committed_total(settings, sc.input)
+        if committed >= n:
+            failures.append(f"kill {kill} landed after all {n} records were committed: it tested nothing")
     final = WorkerProcess(sc, "final").start()
-    got = collect(settings, sc, until=lambda c: len(c.enriched_ids) >= n, timeout=300)
+    got = collect(settings, sc, until=_until(final, lambda c: len(c.enriched_ids) >= n), timeout=300)
+    _exited(final, "final", failures)
     final.stop()
     ids = got.enriched_ids
-    bound = 3 * (settings.max_in_flight + settings.max_batch) * settings.topic_partitions
+    bound = kills * settings.max_batch
+    duplicates = len(got.enriched) - len(ids)
     return Outcome("SIGKILL x3", n, len(ids), len(got.dead), len({f"k-{i}" for i in range(n)} - ids),
-                   len(got.enriched) - len(ids), bound, time.monotonic() - started,
-                   f"bound: 3 kills x (in-flight {settings.max_in_flight} + batch {settings.max_batch}) x {settings.topic_partitions} partitions")
+                   duplicates, bound, time.monotonic() - started,
+                   f"duplicates {duplicates} <= bound {kills} kills x batch {settings.max_batch} "
+                   f"(prefetch {settings.max_in_flight} is not processed: no duplicates)", failures)
 
 
 def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outcome:
@@ -68,17 +177,22 @@ def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outco
     produce(settings, sc.input, json_events(n, prefix="f"))
     started = time.monotonic()
     worker = WorkerProcess(sc).start()
-    collect(settings, sc, until=lambda c: len(c.enriched_ids) >= n // 5, timeout=180)
+    failures: list[str] = []
+    collect(settings, sc, until=_until(worker, lambda c: len(c.enriched_ids) >= n // 5), timeout=180)
     broker.freeze()
     time.sleep(freeze_s)
     broker.thaw()
-    got = collect(settings, sc, until=lambda c: len(c.enriched_ids) >= n, timeout=300)
-    alive = worker.proc.poll() is None
+    got = collect(settings, sc, until=_until(worker, lambda c: len(c.enriched_ids) >= n), timeout=300)
+    _exited(worker, "frozen", failures)
     worker.stop()
     ids = got.enriched_ids
+    # No kill: only the batch in flight at the freeze (<= MAX_BATCH outputs) can be duplicated,
+    # twice at most: its outputs re-sent by the producer after the broker had written them
+    # (a broker that does not de-duplicate idempotent retries), and the whole batch
+    # re-delivered when its commit fails because the freeze outlasted the session.
     return Outcome(f"broker frozen {freeze_s:.0f}s", n, len(ids), len(got.dead),
-                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), None,
-                   time.monotonic() - started, "worker survived" if alive else "WORKER DIED")
+                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), 2 * settings.max_batch,
+                   time.monotonic() - started, "worker survived" if not failures else "WORKER DIED", failures)
 
 
 def poison_tenth(ctx, n: int, rng: random.Random) -> Outcome:
@@ -98,43 +212,62 @@ def poison_tenth(ctx, n: int, rng: random.Random) -> Outcome:
     produce(settings, sc.input, records)
     started = time.monotonic()
     worker = WorkerProcess(sc).start()
-    got = collect(settings, sc, until=lambda c: good <= c.enriched_ids and
-                  poison_keys <= {k for k, _, _ in c.dead}, timeout=300)
+    failures: list[str] = []
+    got = collect(settings, sc, until=_until(worker, lambda c: good <= c.enriched_ids and
+                  poison_keys <= {k for k, _, _ in c.dead}), timeout=300)
+    _exited(worker, "poison", failures)
     worker.stop()
     dead_keys = {k for k, _, h in got.dead if h.get("__streams.errors.reason")}
     lost = len(good - got.enriched_ids) + len(poison_keys - dead_keys)
     return Outcome("10% poison", n, len(got.enriched_ids), len(dead_keys), lost,
-                   len(got.enriched) - len(got.enriched_ids), None, time.monotonic() - started,
-                   f"{len(poison_keys)} poison, each with a reason header")
+                   len(got.enriched) - len(got.enriched_ids), 0, time.monotonic() - started,
+                   f"{len(poison_keys)} poison, each with a reason header", failures)
 
 
-def sigterm_mid_batch(ctx, n: int, grace_s: float) -> Outcome:
-    """Real models, so a batch of 64 takes seconds on a CPU and SIGTERM lands inside one."""
+def sigterm_mid_batch(ctx, n: int, grace_s: float, rng: random.Random) -> Outcome:
+    """Real models, so a batch of 64 takes about a second on a CPU. SIGTERM goes out shortly
+    after a batch line (delivery and commit take milliseconds), so it lands while the next batch
+    is being enriched; the log must show that batch finish and the loop stop after it, the exit
+    must be 0 within the grace, and nothing may be lost or duplicated."""
     sc = _scenario(ctx, STREAMS_SHUTDOWN_GRACE_S=grace_s, STREAMS_NER_MODEL="rampart",
                    STREAMS_CLASSIFIER_MODEL="all-minilm-l6-v2", STREAMS_MAX_BATCH=64)
     settings = sc.settings
     produce(settings, sc.input, json_events(n, prefix="t"))
     started = time.monotonic()
+    failures: list[str] = []
     worker = WorkerProcess(sc, "term").start()
-    collect(settings, sc, until=lambda c: len(c.enriched_ids) >= 64, timeout=180)
-    time.sleep(random.uniform(0.2, 1.0))
+    collect(settings, sc, until=_until(worker, lambda c: len(c.enriched_ids) >= 64), timeout=180)
+    seen, deadline = _batch_lines(worker), time.monotonic() + 60
+    while _batch_lines(worker) == seen and worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.05, 0.25))
+    _exited(worker, "term (before SIGTERM)", failures)
     t0 = time.monotonic()
     code = worker.stop(timeout=grace_s + 30)
     took = time.monotonic() - t0
+    if not failures:
+        if code != 0 or took > grace_s:
+            failures.append(f"exit {code} after {took:.1f}s (grace {grace_s:.0f}s)")
+        problem = landed_mid_batch(_messages(worker))
+        if problem:
+            failures.append(problem)
     second = WorkerProcess(sc, "after-term").start()
-    got = collect(settings, sc, until=lambda c: len(c.enriched_ids) >= n, timeout=300)
+    got = collect(settings, sc, until=_until(second, lambda c: len(c.enriched_ids) >= n), timeout=300)
+    _exited(second, "after-term", failures)
     second.stop()
     ids = got.enriched_ids
     lost = len({f"t-{i}" for i in range(n)} - ids)
-    in_time = took <= grace_s and code == 0
-    return Outcome("SIGTERM mid-batch", n, len(ids), len(got.dead), lost + (0 if in_time else 1),
+    return Outcome("SIGTERM mid-batch", n, len(ids), len(got.dead), lost,
                    len(got.enriched) - len(ids), 0, time.monotonic() - started,
-                   f"exit {code} after {took:.1f}s (grace {grace_s:.0f}s)")
+                   f"exit {code} after {took:.1f}s (grace {grace_s:.0f}s), a batch finished and "
+                   "was committed after the stop request" if not failures else "", failures)
 
 
 def run(events: int = 20_000, poison_events: int = 5_000, freeze_s: float = 20.0,
-        seed: int = 7, console: Console | None = None) -> list[Outcome]:
+        seed: int | None = None, console: Console | None = None) -> list[Outcome]:
     console = console or Console(width=180)
+    seed = seed_from() if seed is None else seed
+    console.print(f"chaos seed {seed} (replay this run with CHAOS_SEED={seed})")
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         root = Path(tmp)
@@ -144,7 +277,7 @@ def run(events: int = 20_000, poison_events: int = 5_000, freeze_s: float = 20.0
             outcomes = [kill_three_times(ctx, events, rng),
                         freeze_broker(ctx, max(1000, events // 4), broker, freeze_s),
                         poison_tenth(ctx, poison_events, rng),
-                        sigterm_mid_batch(ctx, 400, grace_s=20.0)]
+                        sigterm_mid_batch(ctx, 400, grace_s=20.0, rng=rng)]
     table = Table(title="chaos suite (embedded tansu broker, tiny models)")
     for col in ("scenario", "sent", "enriched", "DLQ", "lost", "duplicates", "bound", "s", "result", "note"):
         table.add_column(col)
@@ -153,11 +286,15 @@ def run(events: int = 20_000, poison_events: int = 5_000, freeze_s: float = 20.0
                       "-" if o.duplicate_bound is None else str(o.duplicate_bound), f"{o.seconds:.0f}",
                       "[green]ok[/]" if o.ok else "[red]FAIL[/]", o.note)
     console.print(table)
+    for o in outcomes:
+        for failure in o.failures:
+            console.print(f"[red]{o.name}:[/] {failure}", highlight=False)
+    console.print(f"chaos seed {seed}")
     return outcomes
 
 
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     outcomes = run(events=3000 if quick else 20_000, poison_events=1000 if quick else 5_000,
-                   freeze_s=20.0)
+                   freeze_s=20.0, seed=seed_from(argv))
     return 0 if all(o.ok for o in outcomes) else 1

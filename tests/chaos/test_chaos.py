@@ -2,13 +2,28 @@
 
 import pytest
 
-from tests.chaos.runner import run
+from tests.chaos.runner import run, seed_from
 
 pytestmark = pytest.mark.integration
 
 
 def test_chaos_quick_loses_nothing():
-    outcomes = run(events=3000, poison_events=1000, freeze_s=20.0)
+    seed = seed_from()  # CHAOS_SEED=N replays a failed run
+    outcomes = run(events=3000, poison_events=1000, freeze_s=20.0, seed=seed)
     failed = [o for o in outcomes if not o.ok]
-    assert not failed, "\n".join(f"{o.name}: lost {o.lost}, duplicates {o.duplicates} "
-                                 f"(bound {o.duplicate_bound}), {o.note}" for o in failed)
+    assert not failed, f"chaos seed {seed}:\n" + "\n".join(
+        f"{o.name}: lost {o.lost}, duplicates {o.duplicates} (bound {o.duplicate_bound}), "
+        f"{o.note} {'; '.join(o.failures)}" for o in failed)
+
+
+def test_mid_batch_check_can_fail():
+    """The SIGTERM scenario's log check refuses a stop that landed between batches."""
+    from tests.chaos.runner import landed_mid_batch
+
+    stop = "shutting down: finishing the batch in flight (grace 20s)"
+    batch = "batch t.in: 64 enriched, 0 dead-lettered, 0 tombstones, inference 900 ms"
+    done = "worker loop stopped after 3 batches; left the group"
+    assert landed_mid_batch([batch, stop, batch, done]) is None
+    assert "between batches" in landed_mid_batch([batch, stop, done])
+    assert "never saw" in landed_mid_batch([batch, batch])
+    assert "not committed" in landed_mid_batch([stop, batch, "commit failed (x); those records will be re-delivered", done])

@@ -94,9 +94,39 @@ class _Checker(avro_compatibility.ReaderWriterCompatibilityChecker):
     def calculate_compatibility(self, reader, writer, location):
         self._where.append(location)
         try:
-            return super().calculate_compatibility(reader, writer, location)
+            if reader.type == writer.type == "union":
+                return self._unions(reader, writer, location)
+            result = super().calculate_compatibility(reader, writer, location)
+            if result.compatibility is avro_compatibility.SchemaCompatibilityType.incompatible:
+                result = self._named_branch(reader, writer) or result
+            return result
         finally:
             self._where.pop()
+
+    def _named_branch(self, reader, writer):
+        """A writer record/enum read through a reader union (`["null", Fields]`): avro reports
+        only "reader union lacking writer type: RECORD". When the union has a branch of the
+        writer's name, that branch's own result says which field broke (the decision is the
+        same: no branch was compatible). avro memoized it: this is the check it already ran."""
+        if reader.type != "union" or writer.type not in ("record", "enum", "fixed"):
+            return None
+        same = [b for b in reader.schemas if getattr(b, "fullname", None) == writer.fullname]
+        return self.get_compatibility(same[0], writer) if same else None
+
+    def _unions(self, reader, writer, location):
+        """avro's union/union rule (every writer branch readable by the reader union), keeping
+        a named branch's own reasons instead of "reader union lacking writer type"."""
+        result = avro_compatibility.CompatibleResult
+        for i, branch in enumerate(writer.schemas):
+            compat = self.get_compatibility(reader, branch)
+            if compat.compatibility is not avro_compatibility.SchemaCompatibilityType.incompatible:
+                continue
+            if self._named_branch(reader, branch) is None:
+                compat = avro_compatibility.incompatible(
+                    avro_compatibility.SchemaIncompatibilityType.missing_union_branch,
+                    f"reader union lacking writer type: {branch.type.upper()}", location + [str(i)])
+            result = avro_compatibility.merge(result, compat)
+        return result
 
 
 def check(level: str, new: dict, history: list[tuple[str, dict]]) -> list[str]:
@@ -143,6 +173,11 @@ def field_path(schema: dict, location: str) -> str:
             path = path[:-1] + [path[-1] + suffix] if path else [suffix]
         elif token.isdigit() and isinstance(node, list):
             node = node[int(token)]
+        elif isinstance(node, list) and token == "fields":
+            # Inside a union: the record branch (see _Checker._named_branch). Not consumed.
+            records = [named.get(b, b) if isinstance(b, str) else b for b in node if b != "null"]
+            node = next(b for b in records if isinstance(b, dict) and "fields" in b)
+            continue
         else:  # name, symbols, size: a property of the type reached so far
             path.append(f"({token})")
         i += 1

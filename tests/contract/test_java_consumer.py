@@ -1,24 +1,30 @@
 """A plain Java consumer (examples/java-consumer: kafka-clients + Avro GenericDatumReader, no
 registry client) reads what the worker publishes: every event, with the same event ids,
-labels and entities as the Python side decodes.
+labels and entities as the Python side decodes; and, on a topic with a field record, the typed
+fields (an enum symbol, nullable strings and doubles) exactly as the Python side encoded them.
 
 Needs `make java-consumer` (run by `make test`); without it the test fails and says so."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 from confluent_kafka import TopicPartition
 
+from streams.engine import Classification, Entity, Inference, ModelInfo
+from streams.enrich import SourceRecord, enriched_record
 from streams.kafka import consumer
-from streams.serde import SchemaCatalog
-from streams.serde.registry import subject
+from streams.serde import InputEvent, SchemaCatalog
+from streams.serde.registry import composed_schema_path, subject
 from tests.contract.java import classpath
-from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, json_events, produce
+from tests.fixtures.kafka_io import LABELS, Scenario, WorkerProcess, collect, json_events, produce
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +47,25 @@ def summary(event_id: str, label: str, entities: list[dict]) -> tuple:
     return event_id, label, tuple((e["label"], e["text"], e["start"], e["end"]) for e in entities)
 
 
+def java_consumer(cp: str, bootstrap: str, topic: str, group: str, schema, expected: int,
+                  timeout_s: int = 120) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["java", "-cp", cp, "io.streams.examples.EnrichedEventConsumer", bootstrap, topic, group,
+         str(schema), str(expected), str(timeout_s)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(java: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    try:
+        out, err = java.communicate(timeout=timeout)
+    finally:
+        if java.poll() is None:
+            java.kill()
+            java.communicate()
+    assert java.returncode == 0, f"java exit {java.returncode}\nstderr:\n{err[-3000:]}\nstdout:\n{out[-2000:]}"
+    return out, err
+
+
 def test_java_consumer_reads_every_event_like_python(scenario):
     cp = classpath()  # fails here, before the worker starts, when the Java example is not built
     settings = scenario.settings
@@ -53,13 +78,11 @@ def test_java_consumer_reads_every_event_like_python(scenario):
     group = f"java-consumer-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(scenario).start()
     started = time.monotonic()
-    java = subprocess.Popen(
-        ["java", "-cp", cp, "io.streams.examples.EnrichedEventConsumer", scenario.bootstrap,
-         scenario.output, group, str(settings.schema_dir / "EnrichedEvent.avsc"), str(N), "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    java = java_consumer(cp, scenario.bootstrap, scenario.output, group,
+                         settings.schema_dir / "EnrichedEvent.avsc", N)
     try:
         got = collect(settings, scenario, until=lambda c: len(c.enriched_ids) >= N)
-        out, err = java.communicate(timeout=150)
+        out, err = finish(java, timeout=150)
         java_s = time.monotonic() - started
     finally:
         if java.poll() is None:
@@ -67,7 +90,6 @@ def test_java_consumer_reads_every_event_like_python(scenario):
             java.communicate()
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
-    assert java.returncode == 0, f"java exit {java.returncode}\nstderr:\n{err[-3000:]}\nstdout:\n{out[-2000:]}"
     print(f"java consumer: {N} events in {java_s:.1f} s (worker start included); {err.strip()}")
 
     assert got.enriched_ids == expected_ids
@@ -97,3 +119,74 @@ def test_java_consumer_reads_every_event_like_python(scenario):
     finally:
         check.close()
     assert {tp.partition: tp.offset for tp in committed} == {p: o + 1 for p, o in last.items()}
+    assert all("fields" not in j for j in lines), "a topic without a field record has no `fields`"
+
+
+# Typed fields as the LLM engine hands them over (Inference.fields): values valid against
+# schemas/fields/SupportTicketFields.avsc. Non-ASCII, quotes, an integral and a fractional
+# refund, nulls, and one event enriched without fields (the union's null branch).
+TYPED = [
+    ("tf-1", {"urgency": "critical", "order_id": "A-10023", "refund_amount": 49.99,
+              "requested_action": "refund", "summary": "Cliente cobrado dos veces: \u00bfreembolso? \u20ac49,99"}),
+    ("tf-2", {"urgency": "low", "order_id": None, "refund_amount": None,
+              "requested_action": "none", "summary": "Praise for the \"fast\" delivery \U0001F600"}),
+    ("tf-3", {"urgency": "high", "order_id": "\u65e5\u672c-77", "refund_amount": 120.0,
+              "requested_action": "replacement", "summary": "Kaputte Lieferung, M\u00fcller bittet um Ersatz."}),
+    ("tf-4", {"urgency": "medium", "order_id": "B-1", "refund_amount": 1e-3,
+              "requested_action": "cancel_order", "summary": "tab\there, backslash \\ and newline\nin one"}),
+    ("tf-5", None),
+]
+
+
+def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
+    """Records encoded by the real SchemaCatalog for a route with `fields`, through the broker,
+    read by the Java consumer with the committed composed schema: every typed value is the one
+    Python encoded, with its Avro type (an enum symbol, a double, a null branch)."""
+    cp = classpath()
+    scenario = Scenario(broker.bootstrap, {"ner": "unused", "encoder": "unused"}, tmp_path, tmp_path)  # no worker
+    scenario.extra_env["STREAMS_TOPICS"] = json.dumps(
+        [{"input": scenario.input, "labels": LABELS, "fields": "SupportTicketFields"}])
+    settings = scenario.settings
+    catalog = SchemaCatalog.from_settings(settings)
+    schema_file = composed_schema_path(settings.schema_dir, "SupportTicketFields")
+    # What the service registers for the subject is the committed file Java reads.
+    assert catalog.enriched_schema_for(scenario.output).schema_str == schema_file.read_text()
+
+    records = []
+    for i, (event_id, fields) in enumerate(TYPED):
+        event = InputEvent(event_id=event_id, text="ticket text", event_type="ticket.created",
+                           customer_id=None, occurred_at=datetime(2026, 1, 2, 3, tzinfo=timezone.utc))
+        inference = Inference([Entity("ORDER_ID", "A-10023", 0, 7, 1.0)],
+                              Classification("billing", 0.8, {"billing": 0.8, "delivery": 0.2}), fields=fields)
+        record = enriched_record(event, inference, SourceRecord(scenario.input, 0, i, 1_767_000_000_000),
+                                 [ModelInfo("classification", "smollm2", "t")], inference_ms=3.0)
+        records.append((event_id.encode(), catalog.encode_enriched(record, scenario.output)))
+    produce(settings, scenario.output, records)
+
+    java = java_consumer(cp, scenario.bootstrap, scenario.output, f"java-fields-{scenario.name}",
+                         schema_file, len(TYPED), timeout_s=90)
+    got = collect(settings, scenario, until=lambda c: len(c.enriched_ids) >= len(TYPED), timeout=90)
+    out, _ = finish(java, timeout=120)
+
+    expected = dict(TYPED)
+    python_side = {r["event_id"]: r["fields"] for _, r in got.enriched}
+    assert python_side == expected  # the Python reader decodes them back unchanged
+    # So does `streams tail --json`, in its own process (its own mock registry, same ids).
+    tail = subprocess.run([sys.executable, "-m", "streams", "tail", "--topic", scenario.output, "--count",
+                           str(len(TYPED)), "--json", "--timeout", "60"], env=os.environ | scenario.env,
+                          capture_output=True, text=True, timeout=120)
+    tailed = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
+    assert {r["event_id"]: r["fields"] for r in tailed} == expected, tail.stdout + tail.stderr
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert sorted(j["event_id"] for j in lines) == sorted(expected)
+    avro_type = {"urgency": "enum", "requested_action": "enum", "summary": "string",
+                 "order_id": "string", "refund_amount": "double"}
+    for j in lines:
+        want = expected[j["event_id"]]
+        if want is None:
+            assert j["fields"] is None, j
+            continue
+        assert {k: v["value"] for k, v in j["fields"].items()} == want, j["event_id"]
+        assert {k: v["type"] for k, v in j["fields"].items()} == \
+            {k: "null" if want[k] is None else t for k, t in avro_type.items()}, j["event_id"]
+        assert j["schema_id"] == catalog.client.get_latest_version(subject(scenario.output)).schema_id

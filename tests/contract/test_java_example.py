@@ -29,5 +29,13 @@ def test_pom_uses_the_tested_kafka_clients_and_generates_from_the_current_schema
         "${schemas.dir}", props["schemas.dir"]).replace("${project.basedir}", str(POM.parent)))
     assert source.resolve() == REPO / "schemas"
     includes = [i.text for i in conf.iterfind("m:includes/m:include", NS)]
-    assert all((source / name).is_file() for name in includes) and "EnrichedEvent.avsc" in includes
+    assert all(list(source.glob(name)) for name in includes), includes
+    # Typed fields: classes from the composed output schema (EnrichedEvent + fields), which
+    # replaces the plain EnrichedEvent.avsc (the same record name may be generated only once),
+    # and the field records themselves.
+    field_records = sorted(p.stem for p in (source / "fields").glob("*.avsc"))
+    assert field_records and "fields/*.avsc" in includes
+    composed = [i for i in includes if i.startswith("enriched/")]
+    assert len(composed) == 1 and composed[0] in [f"enriched/EnrichedEvent.{n}.avsc" for n in field_records]
+    assert "EnrichedEvent.avsc" not in includes and "InputEvent.avsc" in includes
     assert [e.text for e in conf.iterfind("m:excludes/m:exclude", NS)] == ["history/**"]

@@ -8,7 +8,13 @@ BACKWARD_TRANSITIVE does not require old readers to read new data; the FORWARD l
 `avro_compat.check` covers them too.
 
 To release a schema change: edit schemas/EnrichedEvent.avsc, copy it to
-schemas/history/EnrichedEvent.v<N+1>.avsc, and let these tests judge it."""
+schemas/history/EnrichedEvent.v<N+1>.avsc, and let these tests judge it.
+
+Field records (schemas/fields/<Name>.avsc, typed fields an LLM fills) evolve under the same rule,
+with their releases in schemas/history/fields/<Name>.v<N>.avsc, and so does the output schema
+of a topic that declares one (EnrichedEvent + `fields`, streams/serde/registry.py): it must read
+every release of the plain EnrichedEvent (the subject held that before the topic got fields)
+and every composition of an EnrichedEvent release with a field-record release."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import pytest
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 
+from streams.serde.registry import compose_enriched
 from tests.contract import avro_compat
 from tests.contract.java import run_java
 
@@ -28,19 +35,22 @@ LEVEL = "BACKWARD_TRANSITIVE"
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CURRENT = SCHEMAS / "EnrichedEvent.avsc"
 HISTORY_DIR = SCHEMAS / "history"
+FIELDS_DIR = SCHEMAS / "fields"
+FIELDS_HISTORY_DIR = HISTORY_DIR / "fields"
+FIELD_RECORDS = sorted(p.stem for p in FIELDS_DIR.glob("*.avsc"))
 
 
-def history_files() -> list[Path]:
+def history_files(name: str = "EnrichedEvent", directory: Path = HISTORY_DIR) -> list[Path]:
     files = []
-    for path in HISTORY_DIR.glob("EnrichedEvent.v*.avsc"):
-        match = re.fullmatch(r"EnrichedEvent\.v(\d+)\.avsc", path.name)
-        assert match, f"{path.name}: history files are named EnrichedEvent.v<N>.avsc"
+    for path in directory.glob(f"{name}.v*.avsc"):
+        match = re.fullmatch(rf"{re.escape(name)}\.v(\d+)\.avsc", path.name)
+        assert match, f"{path.name}: history files are named {name}.v<N>.avsc"
         files.append((int(match[1]), path))
     return [p for _, p in sorted(files)]
 
 
-def history() -> list[tuple[str, dict]]:
-    return [(p.stem.split(".")[-1], avro_compat.load(p)) for p in history_files()]
+def history(name: str = "EnrichedEvent", directory: Path = HISTORY_DIR) -> list[tuple[str, dict]]:
+    return [(p.stem.split(".")[-1], avro_compat.load(p)) for p in history_files(name, directory)]
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +136,10 @@ def test_java_avro_agrees(current):
 
 
 def test_schemas_document_every_field_and_default_every_optional_one():
-    for path in SCHEMAS.glob("*.avsc"):
+    for path in [*SCHEMAS.glob("*.avsc"), *FIELDS_DIR.glob("*.avsc")]:
         schema = avro_compat.load(path)
-        assert schema["namespace"] == "io.streams.enrichment", path.name
+        namespace = "io.streams.enrichment" + (".fields" if path.parent == FIELDS_DIR else "")
+        assert schema["namespace"] == namespace, path.name
         named = avro_compat._named_types(schema)
         for record in {id(s): s for s in named.values()}.values():
             assert record.get("doc"), f"{path.name}: {record['name']} has no doc"
@@ -202,3 +213,146 @@ def test_a_compatible_change_passes_and_old_data_gets_defaults(tmp_path):
     evolved_path.write_text(json.dumps(evolved))
     result = run_java("SchemaCompatibilityCheck", evolved_path, *history_files(), timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- field records and the output schemas composed with them ---------------------------------
+
+def field_record(name: str) -> dict:
+    return avro_compat.load(FIELDS_DIR / f"{name}.avsc")
+
+
+def output_history(name: str, field_releases: list[tuple[str, dict]] | None = None) -> list[tuple[str, dict]]:
+    """What the `<output>-value` subject of a topic with field record `name` may hold: every
+    plain EnrichedEvent release, then every EnrichedEvent release composed with every release
+    of the field record (a superset of the real sequence, so the check is never weaker)."""
+    fields = history(name, FIELDS_HISTORY_DIR) if field_releases is None else field_releases
+    return history() + [(f"EnrichedEvent.{ev}+{name}.{fv}", compose_enriched(e, f))
+                        for ev, e in history() for fv, f in fields]
+
+
+def write_schemas(directory: Path, schemas: list[tuple[str, dict]]) -> list[Path]:
+    paths = []
+    for label, schema in schemas:
+        paths.append(directory / f"{label}.avsc")
+        paths[-1].write_text(json.dumps(schema))
+    return paths
+
+
+def java_check(directory: Path, reader: dict, writers: list[tuple[str, dict]]) -> tuple[int, list[str], list[Path]]:
+    """Java's SchemaCompatibilityCheck on schemas written to `directory`."""
+    (directory / "w").mkdir(parents=True, exist_ok=True)
+    reader_path = directory / "reader.avsc"
+    reader_path.write_text(json.dumps(reader))
+    writer_paths = write_schemas(directory / "w", writers)
+    result = run_java("SchemaCompatibilityCheck", reader_path, *writer_paths, timeout=60)
+    return result.returncode, result.stdout.splitlines(), writer_paths
+
+
+def with_fields_field(record: dict, name: str, new_type) -> dict:
+    record = copy.deepcopy(record)
+    field = next(f for f in record["fields"] if f["name"] == name)
+    field["type"] = new_type
+    field.pop("default", None)
+    return record
+
+
+def test_field_records_are_in_the_schema_dir():
+    assert "SupportTicketFields" in FIELD_RECORDS
+
+
+@pytest.mark.parametrize("name", FIELD_RECORDS)
+def test_every_field_record_is_released_and_current_is_the_latest(name):
+    files = history_files(name, FIELDS_HISTORY_DIR)
+    assert files, f"no released versions of {name} in {FIELDS_HISTORY_DIR}"
+    assert [int(p.stem.split(".v")[-1]) for p in files] == list(range(1, len(files) + 1))
+    assert to_parsing_canonical_form(field_record(name)) == to_parsing_canonical_form(avro_compat.load(files[-1])), (
+        f"schemas/fields/{name}.avsc differs from its latest release {files[-1].name}: copy it to "
+        f"schemas/history/fields/{name}.v{len(files) + 1}.avsc")
+
+
+@pytest.mark.parametrize("name", FIELD_RECORDS)
+def test_field_record_and_its_output_schema_are_backward_transitive_compatible(name, current, tmp_path):
+    problems = avro_compat.check(LEVEL, field_record(name), history(name, FIELDS_HISTORY_DIR))
+    assert not problems, f"{name} breaks {LEVEL}:\n  " + "\n  ".join(problems)
+    composed = compose_enriched(current, field_record(name))
+    releases = output_history(name)
+    problems = avro_compat.check(LEVEL, composed, releases)
+    assert not problems, f"EnrichedEvent + {name} breaks {LEVEL}:\n  " + "\n  ".join(problems)
+    # Java's Avro agrees, on the field record and on the composed output schema.
+    code, lines, paths = java_check(tmp_path, composed, releases)
+    assert code == 0 and lines == [f"COMPATIBLE {p}" for p in paths], lines
+    code, lines, _ = java_check(tmp_path / "alone", field_record(name), history(name, FIELDS_HISTORY_DIR))
+    assert code == 0, lines
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["values", "nulls"])
+@pytest.mark.parametrize("name", FIELD_RECORDS)
+def test_data_of_every_output_release_reads_with_the_current_output_schema(name, nulls, current):
+    composed = compose_enriched(current, field_record(name))
+    for label, writer in output_history(name):
+        data = avro_compat.write(writer, avro_compat.sample_datum(writer, nulls=nulls))
+        as_read = avro_compat.read(data, writer, composed)
+        filled = assert_survives(avro_compat.read(data, writer, writer), as_read)
+        if "+" not in label:  # a plain EnrichedEvent release: the reader fills `fields` with null
+            assert "fields" in filled and as_read["fields"] is None, label
+        elif not nulls:
+            assert as_read["fields"]["summary"] is not None, label
+
+
+FIELD_BREAKING = [
+    pytest.param("refund_amount", ["null", "string"], "not readable", id="nullable-double-to-string"),
+    pytest.param("urgency", "string", "type changed", id="enum-to-string"),
+    pytest.param("summary", "int", "type changed", id="string-to-int"),
+]
+
+
+@pytest.mark.parametrize("field, new_type, what", FIELD_BREAKING)
+def test_changing_a_field_records_type_fails_naming_the_field(field, new_type, what, current, tmp_path):
+    name = "SupportTicketFields"
+    releases = history(name, FIELDS_HISTORY_DIR)
+    broken = with_fields_field(releases[-1][1], field, new_type)
+    # The field record alone: the message names the field.
+    problems = avro_compat.check(LEVEL, broken, releases)
+    assert problems and all(p.startswith(f"data written with {v}, read with the new schema: {field}: ")
+                            for p, (v, _) in zip(problems, releases)), problems
+    assert all(what in p for p in problems), problems
+    # The topic's output schema: every composed release fails, naming `fields.<field>`; the
+    # plain EnrichedEvent releases still read (their `fields` is null).
+    composed = compose_enriched(current, broken)
+    problems = avro_compat.check(LEVEL, composed, output_history(name))
+    assert len(problems) == len(history()) * len(releases), problems
+    for problem in problems:
+        assert "+" in problem.split(",")[0], problem
+        assert f", read with the new schema: fields.{field}: " in problem and what in problem, problem
+    # Data agrees: a record written with the latest composed release does not read.
+    writer = output_history(name)[-1][1]
+    with pytest.raises(SchemaResolutionError):
+        avro_compat.read(avro_compat.write(writer, avro_compat.sample_datum(writer)), writer, composed)
+    # And Java's Avro, on the output schema and on the field record alone.
+    code, lines, paths = java_check(tmp_path, composed, output_history(name))
+    assert code == 1, lines
+    assert [line.split()[0] for line in lines] == ["INCOMPATIBLE" if "+" in p.name else "COMPATIBLE" for p in paths]
+    code, lines, _ = java_check(tmp_path / "alone", broken, releases)
+    assert code == 1 and all(line.startswith("INCOMPATIBLE ") for line in lines), lines
+
+
+def test_adding_an_optional_field_to_a_field_record_passes(current, tmp_path):
+    name = "SupportTicketFields"
+    releases = history(name, FIELDS_HISTORY_DIR)
+    evolved = copy.deepcopy(releases[-1][1])
+    evolved["fields"].append({"name": "language", "type": ["null", "string"], "default": None,
+                              "doc": "Language of the ticket."})
+    assert avro_compat.check(LEVEL, evolved, releases) == []
+    composed = compose_enriched(current, evolved)
+    assert avro_compat.check(LEVEL, composed, output_history(name)) == []
+    for label, writer in output_history(name)[len(history()):]:
+        data = avro_compat.write(writer, avro_compat.sample_datum(writer))
+        fields = avro_compat.read(data, writer, composed)["fields"]
+        assert fields["language"] is None and fields["urgency"] == "low", label  # default; symbols[0]
+    code, lines, paths = java_check(tmp_path, composed, output_history(name))
+    assert code == 0 and lines == [f"COMPATIBLE {p}" for p in paths], lines
+    # Made required (no default), the same field fails and is named.
+    required = copy.deepcopy(evolved)
+    required["fields"][-1] = {"name": "language", "type": "string", "doc": "Language of the ticket."}
+    problems = avro_compat.check(LEVEL, compose_enriched(current, required), output_history(name))
+    assert problems and all(": fields.language: " in p and "no default" in p for p in problems), problems

@@ -21,7 +21,7 @@ HELM = REPO / ".cache" / "helm" / "bin" / "helm"
 RELEASE = "enricher"
 NAMESPACE = "streams"
 KUBE_VERSION = "1.30.0"  # the oldest version the validation covers (Chart.yaml allows 1.25+)
-SCENARIOS = ("minimal", "gpu-keda", "replay-job", "sasl")
+SCENARIOS = ("minimal", "gpu-keda", "replay-job", "sasl", "llm", "observability")
 
 # Custom resources whose schemas kubernetes-validate does not ship (it knows built-in kinds
 # only, and merely warns on others). They are left out of the schema validation on purpose
@@ -30,6 +30,7 @@ CRD_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 
 
@@ -102,7 +103,10 @@ def container(pod_spec: dict, name: str) -> dict:
 
 
 def config(docs: list[dict]) -> dict[str, str]:
-    return one(docs, "ConfigMap")["data"]
+    """The worker's settings ConfigMap (the dashboard's ConfigMap, when on, is another)."""
+    settings = [d for d in kinds(docs, "ConfigMap") if not d["metadata"]["name"].endswith("-dashboard")]
+    assert len(settings) == 1, f"expected one settings ConfigMap, found {len(settings)}"
+    return settings[0]["data"]
 
 
 def pod_specs(docs: list[dict]) -> list[tuple[str, dict]]:

@@ -503,31 +503,46 @@ def test_opentelemetry_settings(monkeypatch):
     off.shutdown()
 
 
-def test_configmap_settings_are_read_by_the_worker(monkeypatch):
+def _llm_settings_pending() -> bool:
+    from streams.settings import Settings
+    return not {"llm_model", "llm_dtype"} <= set(Settings.model_fields)
+
+
+@pytest.mark.parametrize("scenario", [
+    pytest.param(s, marks=pytest.mark.xfail(
+        s == "llm" and _llm_settings_pending(), strict=True,
+        reason="STREAMS_LLM_MODEL/STREAMS_LLM_DTYPE are settings of the LLM engine (issue 13, "
+               "branch llm); this marker lapses by itself once Settings has them")) for s in SCENARIOS])
+def test_configmap_settings_are_read_by_the_worker(monkeypatch, scenario):
     """Every STREAMS_* key the chart writes is a setting the worker knows, with a valid value."""
     from streams.settings import Settings
 
-    for scenario in SCENARIOS:
-        cfg = config(render(scenario))
-        fields = set(Settings.model_fields)
-        for key in cfg:
-            if key.startswith("OTEL_"):
-                continue  # read by streams.telemetry: test_opentelemetry_settings
-            assert key.removeprefix("STREAMS_").lower() in fields, f"{scenario}: {key} is not a setting"
-        for key in list(os.environ):
-            if key.startswith("STREAMS_"):
-                monkeypatch.delenv(key)
-        for key, value in cfg.items():
-            monkeypatch.setenv(key, value)
-        settings = Settings()
-        assert settings.health_port == int(cfg["STREAMS_HEALTH_PORT"])
-        assert settings.shutdown_grace_s == float(cfg["STREAMS_SHUTDOWN_GRACE_S"])
-        assert settings.app_id == cfg["STREAMS_APP_ID"]
-        inputs = [r.input for r in settings.topics]
-        assert inputs == input_topics(cfg)
-        # KEDA watches exactly the topics the worker consumes (the chart knows the defaults).
-        for scaled in kinds(render(scenario, "autoscaling.keda.enabled=true"), "ScaledObject"):
-            assert sorted(t["metadata"]["topic"] for t in scaled["spec"]["triggers"]) == sorted(inputs)
+    cfg = config(render(scenario))
+    fields = set(Settings.model_fields)
+    for key in cfg:
+        if key.startswith("OTEL_"):
+            continue  # read by streams.telemetry: test_opentelemetry_settings
+        assert key.removeprefix("STREAMS_").lower() in fields, f"{scenario}: {key} is not a setting"
+    for key in list(os.environ):
+        if key.startswith("STREAMS_"):
+            monkeypatch.delenv(key)
+    for key, value in cfg.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.health_port == int(cfg["STREAMS_HEALTH_PORT"])
+    assert settings.shutdown_grace_s == float(cfg["STREAMS_SHUTDOWN_GRACE_S"])
+    assert settings.app_id == cfg["STREAMS_APP_ID"]
+    inputs = [r.input for r in settings.topics]
+    assert inputs == input_topics(cfg)
+    # KEDA watches exactly the topics the worker consumes (the chart knows the defaults).
+    for scaled in kinds(render(scenario, "autoscaling.keda.enabled=true"), "ScaledObject"):
+        assert sorted(t["metadata"]["topic"] for t in scaled["spec"]["triggers"]) == sorted(inputs)
+    # Per-route engine choices and typed fields reach the worker's routes as written.
+    for route in json.loads(cfg.get("STREAMS_TOPICS", "[]")):
+        parsed = settings.route(route["input"])
+        for key in ("entities_from", "label_from", "fields"):
+            if key in route:
+                assert getattr(parsed, key) == route[key], (scenario, route["input"], key)
 
 
 def test_replay_job_flags_exist_in_the_cli():
@@ -561,3 +576,137 @@ def test_tls_variants():
     assert refs == {"ca": ("client-tls", "ca.crt"), "cert": ("client-tls", "tls.crt"), "key": ("client-tls", "tls.key")}
     assert "kafka.tls.certKey and kafka.tls.keyKey go together" in render_error(
         "minimal", "kafka.securityProtocol=SSL", "kafka.tls.existingSecret=client-tls", "kafka.tls.certKey=tls.crt")
+
+
+# ---- the LLM engine ------------------------------------------------------------------------------
+
+LLM_VOLUME = "/var/lib/streams/llm"
+
+
+def gpu_memory_requirements(spec: dict) -> list[list[dict]]:
+    """The matchExpressions on the GPU-memory label, per required node selector term."""
+    terms = (spec.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    return [[e for e in t.get("matchExpressions", []) if e["key"] == "nvidia.com/gpu.memory"] for t in terms]
+
+
+def test_llm_is_off_by_default():
+    for scenario in ("minimal", "gpu-keda", "replay-job", "sasl"):
+        docs = render(scenario)
+        assert not [k for k in config(docs) if k.startswith("STREAMS_LLM_")], scenario
+        for where, spec in pod_specs(docs):
+            assert "llm" not in {v["name"] for v in spec["volumes"]}, where
+            assert not spec.get("affinity", {}).get("nodeAffinity"), where
+
+
+def test_llm_from_a_pvc_with_typed_fields_routes():
+    docs = render("llm")
+    cfg = config(docs)
+    assert cfg["STREAMS_LLM_MODEL"] == f"{LLM_VOLUME}/qwen2.5-7b-instruct"
+    assert cfg["STREAMS_LLM_DTYPE"] == "bfloat16"  # llm.settings pass through
+    routes = {r["input"]: r for r in json.loads(cfg["STREAMS_TOPICS"])}
+    assert routes["support.tickets"]["fields"] == "SupportTicketFields"
+    assert routes["support.tickets"]["label_from"] == "llm"
+    assert "fields" not in routes["orders.notes"]
+    assert len(pod_specs(docs)) == 2  # the worker and the replay Job load the same LLM
+    for where, spec in pod_specs(docs):
+        volume = next(v for v in spec["volumes"] if v["name"] == "llm")
+        assert volume["persistentVolumeClaim"] == {"claimName": "llm-weights", "readOnly": True}, where
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "llm")
+        assert mount == {"name": "llm", "mountPath": LLM_VOLUME, "readOnly": True, "subPath": "checkpoints"}
+        assert "llm" not in {c["name"] for c in spec.get("initContainers", [])}, where
+
+
+def test_the_field_records_the_scenarios_name_exist():
+    from streams.settings import REPO_ROOT
+    for scenario in SCENARIOS:
+        for route in json.loads(config(render(scenario)).get("STREAMS_TOPICS", "[]")):
+            if route.get("fields"):
+                assert (REPO_ROOT / "schemas" / "fields" / f"{route['fields']}.avsc").is_file(), route
+
+
+def test_llm_from_the_image():
+    docs = render("minimal", "llm.enabled=true")
+    assert config(docs)["STREAMS_LLM_MODEL"] == "smollm2-135m-instruct"  # the built-in default
+    spec = worker_spec(docs)
+    assert "llm" not in {v["name"] for v in spec["volumes"]}
+    assert config(render("minimal", "llm.enabled=true", "llm.model=/opt/llm/model.gguf"))[
+        "STREAMS_LLM_MODEL"] == "/opt/llm/model.gguf"
+
+
+def test_llm_from_an_init_container():
+    docs = render("minimal", "llm.enabled=true", "llm.source=initContainer", "llm.model=model.gguf",
+                  "llm.initContainer.image.registry=registry.example.com",
+                  "llm.initContainer.image.repository=ml/llm-weights", "llm.initContainer.image.tag=7b")
+    spec = worker_spec(docs)
+    init = container(spec, "llm")
+    assert init["image"] == "registry.example.com/ml/llm-weights:7b"
+    assert env_of(init)["LLM_DIR"]["value"] == LLM_VOLUME
+    assert {"name": "llm", "mountPath": LLM_VOLUME} in init["volumeMounts"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    volume = next(v for v in spec["volumes"] if v["name"] == "llm")
+    assert volume == {"name": "llm", "emptyDir": {"sizeLimit": "20Gi"}}
+    assert {"name": "llm", "mountPath": LLM_VOLUME, "readOnly": True} in container(spec, "worker")["volumeMounts"]
+    assert config(docs)["STREAMS_LLM_MODEL"] == f"{LLM_VOLUME}/model.gguf"
+    assert [c["name"] for c in spec["initContainers"]] == ["models", "llm"]
+
+
+@pytest.mark.parametrize("value, mib", [("24Gi", 24576), ("40960Mi", 40960), ("81920", 81920)])
+def test_llm_gpu_memory_selects_nodes_by_gpu_memory(value, mib):
+    docs = render("minimal", "llm.enabled=true", f"llm.gpuMemory={value}")
+    spec = worker_spec(docs)
+    # Gt is strict: a node whose GPUs have exactly the memory asked for qualifies.
+    assert gpu_memory_requirements(spec) == [[{"key": "nvidia.com/gpu.memory", "operator": "Gt",
+                                               "values": [str(mib - 1)]}]]
+    assert spec["affinity"]["podAntiAffinity"]  # the preset is kept
+    assert container(spec, "worker")["resources"]["limits"][GPU] == 1
+
+
+def test_llm_gpu_memory_joins_every_node_selector_term_of_a_given_affinity():
+    zone = "topology.kubernetes.io/zone"
+    docs = render("minimal", "llm.enabled=true", "llm.gpuMemory=48Gi",
+                  f"affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key={zone}",
+                  "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=In",
+                  "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].values[0]=eu-west-1a",
+                  "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[1].matchExpressions[0].key=pool",
+                  "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[1].matchExpressions[0].operator=Exists")
+    spec = worker_spec(docs)
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert [[e["key"] for e in t["matchExpressions"]] for t in terms] == \
+        [[zone, "nvidia.com/gpu.memory"], ["pool", "nvidia.com/gpu.memory"]]
+    assert "podAntiAffinity" not in spec["affinity"]  # a given affinity replaces the preset
+
+
+def test_llm_gpu_memory_reaches_the_replay_job():
+    spec = one(render("llm"), "Job")["spec"]["template"]["spec"]
+    assert gpu_memory_requirements(spec) == [[{"key": "nvidia.com/gpu.memory", "operator": "Gt",
+                                               "values": ["24575"]}]]
+    assert "podAntiAffinity" not in spec["affinity"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (("config.topics[0].input=t", "config.topics[0].label_from=llm"),
+     "config.topics[0] (t): label_from is llm but llm.enabled is false"),
+    (("config.topics[0].input=t", "config.topics[0].entities_from=llm"),
+     "config.topics[0] (t): entities_from is llm but llm.enabled is false"),
+    (("config.topics[0].input=t", "config.topics[0].fields=SupportTicketFields"),
+     "typed fields (SupportTicketFields) come from the LLM engine: set llm.enabled"),
+    (("llm.enabled=true", "config.topics[0].input=t", "config.topics[0].label_from=gpt"),
+     "label_from must be encoder or llm"),
+    (("llm.enabled=true", "config.topics[0].input=t", "config.topics[0].fields=support-ticket"),
+     "fields must name an Avro record"),
+    (("config.topics[0].input=t", "config.topics[0].labelFrom=llm"), 'unknown key "labelFrom"'),
+    (("config.topics[0].output=t",), "config.topics[0] has no input topic"),
+    (("llm.enabled=true", "llm.source=s3"), "llm.source must be one of"),
+    (("llm.enabled=true", "llm.source=pvc"), "set llm.pvc.claimName"),
+    (("llm.enabled=true", "llm.source=initContainer"), "set llm.initContainer.image.repository"),
+    (("llm.enabled=true", "llm.source=pvc", "llm.pvc.claimName=w", "llm.model=/abs"), "relative to the LLM volume"),
+    (("llm.enabled=true", "llm.model="), "set llm.model"),
+    (("llm.enabled=true", "llm.gpuMemory=24GB"), "llm.gpuMemory must look like 24Gi"),
+    (("llm.enabled=true", "llm.gpuMemory=24Gi", "gpu.enabled=false"), "llm.gpuMemory needs gpu.enabled"),
+    (("llm.enabled=true", "llm.settings.STREAMS_DTYPE=x"), "only STREAMS_LLM_* settings belong here"),
+    (("llm.enabled=true", "llm.settings.STREAMS_LLM_MODEL=x"), "set llm.model"),
+    (("llm.enabled=true", "llm.settings.STREAMS_LLM_API_SECRET=x"), "looks like a secret"),
+])
+def test_incomplete_llm_values_fail_clearly(settings, message):
+    assert message in render_error("minimal", *settings)

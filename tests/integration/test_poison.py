@@ -19,12 +19,10 @@ from datetime import datetime
 from typing import Callable
 
 import pytest
-from confluent_kafka import Producer
 
-from streams.kafka import ensure_topics
 from streams.serde import DecodeError, SchemaCatalog, decode_input
 from streams.settings import Settings
-from tests.fixtures.kafka_io import Collected, Scenario, WorkerProcess, collect
+from tests.fixtures.kafka_io import Collected, Position, Scenario, WorkerProcess, collect, produce_recorded
 
 pytestmark = pytest.mark.integration
 
@@ -182,14 +180,6 @@ def _unicode_events(ctx: Ctx) -> dict[str, tuple[str, bytes]]:
     return out
 
 
-@dataclass(frozen=True)
-class Position:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-
-
 @dataclass
 class Run:
     scenario: Scenario
@@ -213,34 +203,6 @@ class Run:
 
     def enriched(self, event_id: str) -> list[dict]:
         return [r for _, r in self.got.enriched if r["event_id"] == event_id]
-
-
-def produce_recorded(settings: Settings, records: list[tuple[str, str, int, bytes | None, bytes | None,
-                                                              list[tuple[str, bytes]]]]) -> dict[str, Position]:
-    """Produce in order (idempotent, so per-partition order holds) and return each record's
-    position from its delivery report."""
-    ensure_topics(settings)
-    prod = Producer(settings.librdkafka_config() | {"acks": "all", "enable.idempotence": True,
-                                                    "linger.ms": 5})
-    positions: dict[str, Position] = {}
-    errors: list[tuple[str, object]] = []
-
-    def report(label: str):
-        def on_delivery(err, msg) -> None:
-            if err is not None:
-                errors.append((label, err))
-            else:
-                positions[label] = Position(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
-        return on_delivery
-
-    for label, topic, partition, key, value, headers in records:
-        prod.produce(topic, key=key, value=value, partition=partition, headers=headers,
-                     on_delivery=report(label))
-        prod.poll(0)
-    assert prod.flush(60) == 0
-    assert not errors, errors
-    assert len(positions) == len(records)
-    return positions
 
 
 def _then_wait(worker: WorkerProcess, condition: Callable[[Collected], bool],

@@ -45,8 +45,14 @@ def settings() -> Settings:
 
 
 class NoProducer:
-    def __init__(self, config: dict):
+    retrying = None
+
+    def __init__(self, config: dict, *, max_message_bytes: int = 1_000_000, max_backoff_s: float = 30.0):
         self.config = config
+        self.max_message_bytes = max_message_bytes
+
+    def fits(self, record) -> bool:
+        return True
 
 
 @pytest.fixture(scope="session")

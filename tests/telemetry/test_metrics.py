@@ -123,7 +123,7 @@ def test_worker_loop_api(captured):
 
 
 def test_runtime_load_records_the_model_load(settings, captured, monkeypatch):
-    monkeypatch.setattr(pipeline, "ensure_topics", lambda s: None)  # no broker here
+    monkeypatch.setattr(pipeline, "ensure_output_topics", lambda s: None)  # no broker here
     monkeypatch.setattr(pipeline, "AckingProducer", NoProducer)
     noop = settings.model_copy(update={"engine": "noop"})
     runtime = Runtime.load(noop, telemetry=captured.telemetry)

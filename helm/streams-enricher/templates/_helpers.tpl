@@ -78,6 +78,50 @@ annotations:
 {{- printf "%s/models" (.Values.cache.mountPath | trimSuffix "/") -}}
 {{- end -}}
 
+{{/* STREAMS_LLM_MODEL: as given with source image, else under the LLM volume. */}}
+{{- define "streams-enricher.llmModel" -}}
+{{- $model := toString .Values.llm.model -}}
+{{- if eq .Values.llm.source "image" -}}{{- $model -}}
+{{- else -}}{{- printf "%s/%s" (.Values.llm.mountPath | trimSuffix "/") $model | trimSuffix "/" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* llm.gpuMemory in MiB ("24Gi", "40960Mi" or a number of MiB); empty when unset or the LLM is off. */}}
+{{- define "streams-enricher.llmGpuMemoryMiB" -}}
+{{- if and .Values.llm.enabled .Values.llm.gpuMemory -}}
+{{- $v := toString .Values.llm.gpuMemory -}}
+{{- if regexMatch "^[1-9][0-9]*Gi$" $v -}}{{- mul (trimSuffix "Gi" $v | atoi) 1024 -}}
+{{- else if regexMatch "^[1-9][0-9]*Mi$" $v -}}{{- trimSuffix "Mi" $v | atoi -}}
+{{- else if regexMatch "^[1-9][0-9]*$" $v -}}{{- atoi $v -}}
+{{- else -}}{{- fail (printf "llm.gpuMemory must look like 24Gi, 40960Mi or a number of MiB, got %q" $v) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+`affinity` with the GPU-memory requirement of the LLM added to every required node selector
+term (terms are ORed, expressions within one ANDed), as YAML of the affinity object.
+*/}}
+{{- define "streams-enricher.withGpuMemory" -}}
+{{- $affinity := deepCopy (.affinity | default dict) -}}
+{{- $mib := include "streams-enricher.llmGpuMemoryMiB" .root -}}
+{{- if $mib -}}
+{{- $requirement := dict "key" .root.Values.llm.gpuMemoryNodeLabel "operator" "Gt" "values" (list (toString (sub (atoi $mib) 1))) -}}
+{{- $node := get $affinity "nodeAffinity" | default dict -}}
+{{- $required := get $node "requiredDuringSchedulingIgnoredDuringExecution" | default dict -}}
+{{- $terms := list -}}
+{{- range (get $required "nodeSelectorTerms" | default (list dict)) -}}
+{{- $term := deepCopy . -}}
+{{- $_ := set $term "matchExpressions" (append (get $term "matchExpressions" | default list) $requirement) -}}
+{{- $terms = append $terms $term -}}
+{{- end -}}
+{{- $_ := set $required "nodeSelectorTerms" $terms -}}
+{{- $_ := set $node "requiredDuringSchedulingIgnoredDuringExecution" $required -}}
+{{- $_ := set $affinity "nodeAffinity" $node -}}
+{{- end -}}
+{{- if $affinity -}}{{- toYaml $affinity -}}{{- end -}}
+{{- end -}}
+
 {{- define "streams-enricher.device" -}}
 {{- if .Values.config.device -}}{{- .Values.config.device -}}
 {{- else if .Values.gpu.enabled -}}cuda
@@ -181,6 +225,70 @@ a worker that cannot work: checked by tests/helm.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs service.enabled" -}}
 {{- end -}}
+{{- $routeKeys := list "input" "output" "dlq" "labels" "entities_from" "label_from" "fields" -}}
+{{- range $i, $route := .Values.config.topics -}}
+{{- if not (kindIs "map" $route) -}}
+{{- fail (printf "config.topics[%d] must be a map like {input: support.tickets}" $i) -}}
+{{- end -}}
+{{- if not $route.input -}}
+{{- fail (printf "config.topics[%d] has no input topic" $i) -}}
+{{- end -}}
+{{- range $key, $_ := $route -}}
+{{- if not (has $key $routeKeys) -}}
+{{- fail (printf "config.topics[%d] (%s): unknown key %q; a route takes %s" $i $route.input $key (join ", " $routeKeys)) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "entities_from" "label_from" -}}
+{{- $from := toString (get $route $key | default "encoder") -}}
+{{- if not (has $from (list "encoder" "llm")) -}}
+{{- fail (printf "config.topics[%d] (%s): %s must be encoder or llm, got %q" $i $route.input $key $from) -}}
+{{- end -}}
+{{- if and (eq $from "llm") (not $.Values.llm.enabled) -}}
+{{- fail (printf "config.topics[%d] (%s): %s is llm but llm.enabled is false: enable the LLM engine (llm.*) or use the encoder" $i $route.input $key) -}}
+{{- end -}}
+{{- end -}}
+{{- with $route.fields -}}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" (toString .)) -}}
+{{- fail (printf "config.topics[%d] (%s): fields must name an Avro record schemas/fields/<name>.avsc, got %q" $i $route.input (toString .)) -}}
+{{- end -}}
+{{- if not $.Values.llm.enabled -}}
+{{- fail (printf "config.topics[%d] (%s): typed fields (%s) come from the LLM engine: set llm.enabled" $i $route.input (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.llm.enabled -}}
+{{- $llmSources := list "image" "pvc" "initContainer" -}}
+{{- if not (has .Values.llm.source $llmSources) -}}
+{{- fail (printf "llm.source must be one of %s, got %q" (join ", " $llmSources) .Values.llm.source) -}}
+{{- end -}}
+{{- if and (eq .Values.llm.source "image") (not .Values.llm.model) -}}
+{{- fail "llm.source is image: set llm.model to a built-in name (smollm2-135m-instruct) or an absolute path in the image" -}}
+{{- end -}}
+{{- if and (ne .Values.llm.source "image") (hasPrefix "/" (toString .Values.llm.model)) -}}
+{{- fail (printf "llm.model (%s) is relative to the LLM volume (llm.mountPath) with source %s" .Values.llm.model .Values.llm.source) -}}
+{{- end -}}
+{{- if and (eq .Values.llm.source "pvc") (not .Values.llm.pvc.claimName) -}}
+{{- fail "llm.source is pvc: set llm.pvc.claimName to an existing PersistentVolumeClaim holding the LLM weights" -}}
+{{- end -}}
+{{- if and (eq .Values.llm.source "initContainer") (not .Values.llm.initContainer.image.repository) -}}
+{{- fail "llm.source is initContainer: set llm.initContainer.image.repository (and its command)" -}}
+{{- end -}}
+{{- if and .Values.llm.gpuMemory (not .Values.gpu.enabled) -}}
+{{- fail "llm.gpuMemory needs gpu.enabled: it selects nodes by the memory of their GPUs" -}}
+{{- end -}}
+{{- $_ := include "streams-enricher.llmGpuMemoryMiB" . -}}
+{{- range $name, $value := .Values.llm.settings -}}
+{{- if not (hasPrefix "STREAMS_LLM_" $name) -}}
+{{- fail (printf "llm.settings.%s: only STREAMS_LLM_* settings belong here (config.extra takes other STREAMS_* ones)" $name) -}}
+{{- end -}}
+{{- if regexMatch "(?i)(PASSWORD|_AUTH$|SECRET)" $name -}}
+{{- fail (printf "llm.settings.%s looks like a secret: reference a Secret with extraEnv (valueFrom.secretKeyRef) instead" $name) -}}
+{{- end -}}
+{{- if eq $name "STREAMS_LLM_MODEL" -}}
+{{- fail "llm.settings.STREAMS_LLM_MODEL: set llm.model (and llm.source) instead" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.replay.enabled -}}
 {{- if not .Values.replay.topic -}}
 {{- fail "replay.enabled: set replay.topic (the input topic to replay)" -}}
@@ -206,30 +314,37 @@ tolerations:
 {{- end }}
 {{- end -}}
 
-{{- define "streams-enricher.affinity" -}}
-{{- if .Values.affinity }}
-affinity:
-  {{- toYaml .Values.affinity | nindent 2 }}
-{{- else if eq .Values.podAntiAffinityPreset "soft" }}
-affinity:
-  podAntiAffinity:
-    preferredDuringSchedulingIgnoredDuringExecution:
-      - weight: 100
-        podAffinityTerm:
-          topologyKey: kubernetes.io/hostname
-          labelSelector:
-            matchLabels:
-              {{- include "streams-enricher.selectorLabels" . | nindent 14 }}
-              app.kubernetes.io/component: worker
-{{- else if eq .Values.podAntiAffinityPreset "hard" }}
-affinity:
-  podAntiAffinity:
-    requiredDuringSchedulingIgnoredDuringExecution:
-      - topologyKey: kubernetes.io/hostname
+{{- define "streams-enricher.antiAffinityPreset" -}}
+{{- if eq .Values.podAntiAffinityPreset "soft" }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
         labelSelector:
           matchLabels:
             {{- include "streams-enricher.selectorLabels" . | nindent 12 }}
             app.kubernetes.io/component: worker
+{{- else if eq .Values.podAntiAffinityPreset "hard" }}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "streams-enricher.selectorLabels" . | nindent 10 }}
+          app.kubernetes.io/component: worker
+{{- end }}
+{{- end -}}
+
+{{/* The worker's affinity: `affinity`, or the anti-affinity preset; plus the LLM's GPU memory. */}}
+{{- define "streams-enricher.affinity" -}}
+{{- $affinity := .Values.affinity -}}
+{{- if not $affinity -}}
+{{- $affinity = include "streams-enricher.antiAffinityPreset" . | fromYaml -}}
+{{- end -}}
+{{- with (include "streams-enricher.withGpuMemory" (dict "root" . "affinity" $affinity) | trim) }}
+affinity:
+  {{- . | nindent 2 }}
 {{- end }}
 {{- end -}}
 
@@ -297,6 +412,16 @@ affinity:
   subPath: {{ . }}
   {{- end }}
 {{- end }}
+{{- if and .Values.llm.enabled (ne .Values.llm.source "image") }}
+- name: llm
+  mountPath: {{ .Values.llm.mountPath }}
+  readOnly: true
+  {{- if eq .Values.llm.source "pvc" }}
+  {{- with .Values.llm.pvc.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+  {{- end }}
+{{- end }}
 {{- if .Values.kafka.tls.existingSecret }}
 - name: kafka-tls
   mountPath: {{ .Values.kafka.tls.mountPath }}
@@ -322,6 +447,16 @@ affinity:
   persistentVolumeClaim:
     claimName: {{ .Values.models.pvc.claimName }}
     readOnly: true
+{{- end }}
+{{- if and .Values.llm.enabled (eq .Values.llm.source "pvc") }}
+- name: llm
+  persistentVolumeClaim:
+    claimName: {{ .Values.llm.pvc.claimName }}
+    readOnly: true
+{{- else if and .Values.llm.enabled (eq .Values.llm.source "initContainer") }}
+- name: llm
+  emptyDir:
+    sizeLimit: {{ .Values.llm.initContainer.sizeLimit }}
 {{- end }}
 {{- if .Values.kafka.tls.existingSecret }}
 - name: kafka-tls
@@ -381,6 +516,31 @@ affinity:
   volumeMounts:
     - name: cache
       mountPath: {{ .Values.cache.mountPath }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+{{- if and .Values.llm.enabled (eq .Values.llm.source "initContainer") }}
+{{- $img := .Values.llm.initContainer.image }}
+- name: llm
+  image: {{ printf "%s%s:%s" (ternary (printf "%s/" $img.registry) "" (ne $img.registry "")) $img.repository (default "latest" ($img.tag | toString)) }}
+  imagePullPolicy: {{ $img.pullPolicy }}
+  command:
+    {{- toYaml .Values.llm.initContainer.command | nindent 4 }}
+  env:
+    - name: LLM_DIR
+      value: {{ .Values.llm.mountPath | quote }}
+    {{- with .Values.llm.initContainer.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  {{- with .Values.llm.initContainer.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: llm
+      mountPath: {{ .Values.llm.mountPath }}
     - name: tmp
       mountPath: /tmp
 {{- end }}

@@ -11,6 +11,7 @@ import java.util.Properties;
 import java.util.Set;
 
 import org.apache.avro.Schema;
+import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericDatumReader;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.io.BinaryDecoder;
@@ -34,6 +35,14 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * <p>Prints one JSON object per record on stdout (ASCII only, non-ASCII escaped):
  * {@code {"key":..,"partition":..,"offset":..,"schema_id":..,"event_id":..,"label":..,
  * "score":..,"entities":[{"label":..,"text":..,"start":..,"end":..}]}}
+ *
+ * <p>Typed fields: on a topic whose route declares a field record, the schema to pass is the
+ * composed one, {@code schemas/enriched/EnrichedEvent.<FieldRecord>.avsc}, and each object
+ * also has {@code "fields"}: null, or the field record as {@code {"<name>":{"type":..,"value":..}}}
+ * where type is the Avro type of the value as read (an enum symbol is {@code "enum"}, a
+ * nullable double that holds a number is {@code "double"}, one that is null {@code "null"}).
+ * With generated SpecificRecord classes (pom.xml) the same read is
+ * {@code event.getFields().getUrgency()}, an {@code io.streams.enrichment.fields.Urgency}.
  *
  * <p>Usage: {@code EnrichedEventConsumer BOOTSTRAP TOPIC GROUP SCHEMA.avsc EXPECTED TIMEOUT_S}.
  * It stops after EXPECTED distinct event ids (exit 0) or after TIMEOUT_S seconds (exit 1).
@@ -139,7 +148,60 @@ public final class EnrichedEventConsumer {
             out.append(",\"end\":").append(entity.get("end")).append('}');
             first = false;
         }
-        return out.append("]}").toString();
+        out.append(']');
+        if (event.getSchema().getField("fields") != null) {
+            out.append(",\"fields\":");
+            GenericRecord fields = (GenericRecord) event.get("fields");
+            if (fields == null) {
+                out.append("null");
+            } else {
+                typedFields(out, fields);
+            }
+        }
+        return out.append('}').toString();
+    }
+
+    /**
+     * Each field of the field record with the Avro type of its value: the branch the union
+     * resolved to, so {@code ["null","double"]} reads as "double" or "null".
+     */
+    private static void typedFields(StringBuilder out, GenericRecord fields) {
+        out.append('{');
+        boolean first = true;
+        for (Schema.Field field : fields.getSchema().getFields()) {
+            Object value = fields.get(field.name());
+            Schema schema = field.schema();
+            if (schema.getType() == Schema.Type.UNION) {
+                schema = schema.getTypes().get(GenericData.get().resolveUnion(schema, value));
+            }
+            out.append(first ? "" : ",");
+            quote(out, field.name());
+            out.append(":{\"type\":");
+            quote(out, schema.getType().getName());
+            out.append(",\"value\":");
+            switch (schema.getType()) {
+                case NULL:
+                    out.append("null");
+                    break;
+                case ENUM:   // GenericData.EnumSymbol
+                case STRING: // org.apache.avro.util.Utf8
+                    quote(out, value.toString());
+                    break;
+                case INT:
+                case LONG:
+                case FLOAT:
+                case DOUBLE:
+                case BOOLEAN:
+                    out.append(value); // Double.toString reads back as the same double
+                    break;
+                default:
+                    throw new IllegalStateException("field " + field.name() + ": this example prints only "
+                        + "primitive and enum fields, not " + schema.getType());
+            }
+            out.append('}');
+            first = false;
+        }
+        out.append('}');
     }
 
     /** A JSON string literal, ASCII only (so the platform's stdout encoding does not matter). */
