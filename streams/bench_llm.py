@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -115,9 +116,9 @@ def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool =
                "prompt_prefix_tokens": len(llm.tasks[TOPIC].prefix_ids)}
     if torch.cuda.is_available() and llm.device.type == "cuda":
         results["card"] = torch.cuda.get_device_name(llm.device)
-    results["batched"] = bench_batched(llm, texts)
-    results["naive"] = bench_naive(llm, texts[:n_naive])
-    results["grammar"] = bench_grammar(llm, texts)
+    results["batched"] = _progress("batched", bench_batched(llm, texts))
+    results["naive"] = _progress("naive", bench_naive(llm, texts[:n_naive]))
+    results["grammar"] = _progress("grammar", bench_grammar(llm, texts))
     results["ratios"] = {
         "batched/naive": results["batched"]["events_per_s"] / results["naive"]["events_per_s"],
         # speed per step, constrained over unconstrained: 1 / (1 + overhead)
@@ -125,12 +126,18 @@ def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool =
         / results["grammar"]["constrained_s_per_step"]}
     del llm
     if end_to_end:
-        results["end_to_end"] = bench_end_to_end(n_events, out.parent)
+        results["end_to_end"] = _progress("end_to_end", bench_end_to_end(n_events, out.parent))
         results["ratios"]["end_to_end/engine"] = (results["end_to_end"]["events_per_s"]
                                                   / results["batched"]["events_per_s"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return results
+
+
+def _progress(name: str, row: dict) -> dict:
+    """Each figure on stderr as soon as it is measured: a long run cut short still shows them."""
+    print(json.dumps({"run": name, **row}), file=sys.stderr, flush=True)
+    return row
 
 
 def check(results: dict, bounds: dict) -> list[str]:

@@ -180,7 +180,7 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
     llm.add_task(LLMTask("tickets", LABELS, None, None))
     engines = TopicEngines({"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", None)},
                            NoopEngine(), llm)
-    class NoProducer:  # enrich_records only sizes records; nothing is produced here
+    class NoProducer:  # enrich_records only sizes records (or not); nothing is produced here
         def __init__(self, config, **options):
             pass
 
