@@ -392,7 +392,7 @@ def _bench_llm(n_texts: int, n_naive: int, out: Path, bounds: Path, check: bool)
     if "end_to_end" in r:
         e = r["end_to_end"]
         table.add_row("end-to-end (broker, worker)", f"{e['events_per_s']:.3f}", "",
-                      f"{e['received']}/{e['events']} received, p50 {e['p50_ms'] / 1000:.1f} s")
+                      f"{e['enriched']} enriched + {e['dead_lettered']} dead-lettered of {e['events']}")
     console.print(table)
     for name, value in r["ratios"].items():
         console.print(f"{name}: {value:.2f}")
