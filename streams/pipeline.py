@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from .dlq import PREFIX, dlq_headers
 from .engine import Engine, Inference, LabelSet, NoopEngine
+from .engine.llm import LLMEngine, LLMTask
 from .enrich import SourceRecord, enriched_record
 from .kafka import ensure_output_topics
 from .errors import FatalError, RetriableError, describe, sanitize
@@ -66,6 +67,11 @@ class Runtime:
         self.engine = engine
         self.catalog = catalog
         self.labels = {r.input: LabelSet.from_mapping(r.labels) for r in settings.topics}
+        # Provenance per topic: the models that produced its records (they differ by topic when
+        # some take their label or entities from the LLM).
+        models_for = getattr(engine, "models_for", None)
+        self.models = {r.input: models_for(r.input) if models_for else engine.models
+                       for r in settings.topics}
         # One thread: the models are not shared between concurrent forward passes.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -79,61 +85,121 @@ class Runtime:
         ensure_output_topics(settings)
         catalog = SchemaCatalog.from_settings(settings)
         catalog.ensure_registered()
-        engine = _load_engine(settings)
+        if telemetry is None:  # made here: the LLM engine counts its dropped spans in it
+            telemetry = default_telemetry(settings.app_id, settings.app_id)
+        engine = _load_engine(settings, telemetry)
         runtime = cls(settings, engine, catalog, telemetry=telemetry)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
         runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
         return runtime
 
-    def infer(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:
+    def infer(self, texts: Sequence[str], labels: LabelSet,
+              topic: str | None = None) -> list[Inference | InferenceFailure]:
         """Run a batch; if it fails (an exception, out of memory), split it and retry the
         halves, so one bad event fails alone and its neighbours are still enriched. An event
         that fails alone is bad data only if the engine still works: a probe text must pass,
-        else the engine is broken (`RetriableError("accelerator")`: the worker reloads it)."""
-        out = self._infer_split(texts, labels)
-        failures = sum(isinstance(r, InferenceFailure) for r in out)
+        else the engine is broken (`RetriableError("accelerator")`: the worker reloads it).
+        A text the engine failed on its own while working (an LLM output cut off by the token
+        cap) fails alone at once, with the engine's reason, and needs no probe."""
+        out = self._infer_split(texts, labels, topic)
+        failures = sum(isinstance(r, InferenceFailure) and r.reason == "inference_error" for r in out)
         if failures:
             try:
-                self.engine.infer([PROBE_TEXT], labels)
+                self._engine_infer([PROBE_TEXT], labels, topic)
             except Exception as exc:  # noqa: BLE001 - not the events' fault
                 _free_accelerator_memory()
                 raise RetriableError("accelerator", f"the models fail on a probe text too: "
                                                     f"{describe(exc)}") from exc
         return out
 
-    def _infer_split(self, texts: Sequence[str], labels: LabelSet) -> list[Inference | InferenceFailure]:
+    def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
+        if topic is not None and getattr(self.engine, "by_topic", False):
+            return self.engine.infer(texts, labels, topic)
+        return self.engine.infer(texts, labels)
+
+    def _infer_split(self, texts: Sequence[str], labels: LabelSet,
+                     topic: str | None = None) -> list[Inference | InferenceFailure]:
         try:
-            return list(self.engine.infer(texts, labels))
+            results = self._engine_infer(texts, labels, topic)
         except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
             _free_accelerator_memory()
             if len(texts) == 1:
                 return [InferenceFailure(exc)]
             mid = len(texts) // 2
-            return self._infer_split(texts[:mid], labels) + self._infer_split(texts[mid:], labels)
+            return self._infer_split(texts[:mid], labels, topic) + self._infer_split(texts[mid:], labels, topic)
+        return [InferenceFailure(r, getattr(r, "reason", "inference_error")) if isinstance(r, Exception) else r
+                for r in results]
 
     def reload_engine(self) -> None:
         """Load the models again (after the engine failed on a probe text)."""
         self.engine = _load_engine(self.settings)
+        llm = getattr(self.engine, "llm", None)
+        if llm is not None:
+            llm.on_dropped_spans = self.telemetry.metrics.record_llm_dropped_spans
 
 
 PROBE_TEXT = "Hello, my parcel has not arrived yet."
 
 
-def _load_engine(settings: Settings):
-    if settings.engine == "noop":
-        engine = NoopEngine()
-    else:
-        engine = Engine.load(settings.ner_model, settings.classifier_model,
-                             cache_dir=settings.model_cache, device=settings.device,
-                             max_batch=settings.model_batch,
-                             max_tokens=settings.max_tokens_per_pass,
-                             model_version=settings.model_version,
-                             overlap_tokenization=settings.overlap_tokenization,
-                             quantize=settings.quantize)
+def _load_engine(settings: Settings, telemetry: Telemetry | None = None):
+    engine = load_engines(settings, telemetry)
+    if hasattr(engine, "warm_up"):  # not the no-op engine
         log.info("models warmed up in %.1fs", engine.warm_up())
     log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
              ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
     return engine
+
+
+def load_engines(settings: Settings, telemetry: Telemetry | None = None):
+    """The engines the configured topics need: the encoder models when a topic takes its
+    entities or label from them, the LLM when one takes anything from it (each topic's grammar
+    and prompt prepared here, at start-up). `telemetry` counts the LLM's dropped spans."""
+    from .engine.topics import TopicEngines, TopicPlan
+    from .serde.fields import load_field_record
+
+    plans = {r.input: TopicPlan(r.input, LabelSet.from_mapping(r.labels), r.entities_from, r.label_from,
+                                load_field_record(settings.schema_dir, r.fields) if r.fields else None)
+             for r in settings.topics}
+    encoder = llm = None
+    if any(p.uses_encoder for p in plans.values()):
+        if settings.engine == "noop":
+            encoder = NoopEngine()
+        else:
+            encoder = Engine.load(settings.ner_model, settings.classifier_model,
+                                  cache_dir=settings.model_cache, device=settings.device,
+                                  max_batch=settings.model_batch,
+                                  max_tokens=settings.max_tokens_per_pass,
+                                  model_version=settings.model_version,
+                                  overlap_tokenization=settings.overlap_tokenization,
+                                  quantize=settings.quantize)
+    if any(p.uses_llm for p in plans.values()):
+        llm = load_llm(settings, telemetry)
+        for plan in plans.values():
+            if plan.uses_llm:
+                prepared = llm.add_task(LLMTask(
+                    plan.topic, plan.labels if plan.label_from == "llm" else None,
+                    tuple(settings.llm_entity_types) if plan.entities_from == "llm" else None,
+                    plan.fields))
+                log.info("LLM task for %s prepared in %.1fs (prompt prefix %d tokens)", plan.topic,
+                         prepared.compile_seconds, len(prepared.prefix_ids))
+    if llm is None:  # no LLM anywhere: the encoder engine as before
+        return encoder if encoder is not None else NoopEngine()
+    return TopicEngines(plans, encoder, llm)
+
+
+def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides) -> LLMEngine:
+    """The LLM engine with the configured model and options (`overrides` for the bench)."""
+    options = dict(device=settings.device, dtype=settings.llm_dtype,
+                   max_new_tokens=settings.llm_max_new_tokens,
+                   retry_max_new_tokens=settings.llm_retry_max_new_tokens,
+                   max_batch=settings.llm_batch, max_tokens=settings.llm_max_tokens_per_pass,
+                   few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache)
+    if settings.llm_examples_dir is not None:
+        options["examples_dir"] = settings.llm_examples_dir
+    if telemetry is not None:
+        options["on_dropped_spans"] = telemetry.metrics.record_llm_dropped_spans
+    options.update(overrides)
+    return LLMEngine.load(settings.llm_model, cache_dir=settings.model_cache, **options)
 
 
 def _free_accelerator_memory() -> None:
@@ -201,7 +267,8 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
 
     t0 = time.perf_counter()
     start_ns = time.time_ns()
-    inferred = runtime.infer([e.text for _, _, e in oks], runtime.labels[route.input]) if oks else []
+    inferred = runtime.infer([e.text for _, _, e in oks], runtime.labels[route.input], route.input) \
+        if oks else []
     result.inference_ms = (time.perf_counter() - t0) * 1000
     if trace is not None and oks:
         trace.inference([i for i, _, _ in oks], start_ns, time.time_ns())
@@ -215,7 +282,7 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
         source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
         try:
             value = runtime.catalog.encode_enriched(
-                enriched_record(event, inference, source, runtime.engine.models, result.inference_ms),
+                enriched_record(event, inference, source, runtime.models[route.input], result.inference_ms),
                 route.output)
         except Exception as exc:  # noqa: BLE001
             bad.append((i, rec, "encode_error", describe(exc), type(exc).__name__, exc))

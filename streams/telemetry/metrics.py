@@ -113,7 +113,13 @@ class StreamMetrics:
             description="assigned partitions with work that have not advanced for stall_after_s")
         self.models_loaded = meter.create_gauge(
             "streams.models.loaded", unit="1", description="1 once the models are loaded")
+        self.llm_dropped_spans = meter.create_counter(
+            "streams.llm.dropped_spans", unit="{entity}",
+            description="entities the LLM wrote that do not occur verbatim in the input text: dropped")
         self._attrs: dict[tuple, dict] = {}
+
+    def record_llm_dropped_spans(self, topic: str, n: int) -> None:
+        self.llm_dropped_spans.add(n, self.attributes(topic))
 
     def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
         """Cached attribute dicts (the SDK keys its streams by them; do not mutate)."""

@@ -197,7 +197,7 @@ def test_deferred_end_with_a_produce_failure_marks_the_spans(runtime, settings, 
 
 
 def test_a_failing_batch_still_ends_its_spans(runtime, settings, captured, monkeypatch):
-    def broken(texts, labels):
+    def broken(texts, labels, topic=None):
         raise KeyboardInterrupt  # not contained by Runtime.infer
     monkeypatch.setattr(runtime, "infer", broken)
     with pytest.raises(KeyboardInterrupt):

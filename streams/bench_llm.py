@@ -1,0 +1,158 @@
+"""`streams bench --engine llm`: the LLM engine on the support-ticket samples, same texts and
+model in one run (the task `streams demo --llm` runs: label and SupportTicketFields from the LLM).
+
+batched      the engine: one `generate` over all texts (passes of `llm_batch` rows, by length)
+naive        one text per `generate` call (what calling the model per request costs)
+grammar      the same passes with and without the grammar, compared per decoding step (an
+             unconstrained output runs to another length, so whole-batch times would not compare)
+end-to-end   the worker on the embedded broker, first produce -> last enriched record read back
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .settings import SUPPORT_TICKET_LABELS, Settings
+
+TOPIC = "support.tickets"
+TASK_TOPICS = [{"input": TOPIC, "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
+                "fields": "SupportTicketFields"},
+               {"input": "orders.notes", "labels": {"other": "anything"}}]
+
+
+def ticket_texts(n: int) -> list[str]:
+    from importlib import resources
+
+    rows = [json.loads(line) for line in resources.files("streams.samples").joinpath("samples.jsonl")
+            .read_text().splitlines() if line.strip()]
+    tickets = [r["text"] for r in rows if r["topic"] == TOPIC]
+    return [tickets[i % len(tickets)] for i in range(n)]
+
+
+def _engine(settings: Settings):
+    from .engine import LabelSet
+    from .engine.llm import LLMTask
+    from .pipeline import load_llm
+    from .serde.fields import load_field_record
+
+    llm = load_llm(settings)
+    llm.add_task(LLMTask(TOPIC, LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None,
+                         load_field_record(settings.schema_dir, "SupportTicketFields")))
+    llm.generate(ticket_texts(1), TOPIC)  # warm-up
+    return llm
+
+
+def bench_batched(llm, texts: list[str]) -> dict:
+    started = time.perf_counter()
+    results = llm.generate(texts, TOPIC)
+    seconds = time.perf_counter() - started
+    tokens = sum(getattr(r, "output_tokens", 0) for r in results)
+    return {"events_per_s": len(texts) / seconds, "output_tokens_per_s": tokens / seconds,
+            "seconds": seconds, "failed": sum(isinstance(r, Exception) for r in results),
+            "labels": [getattr(getattr(r, "classification", None), "label", None) for r in results]}
+
+
+def bench_naive(llm, texts: list[str]) -> dict:
+    started = time.perf_counter()
+    tokens = 0
+    for text in texts:
+        [r] = llm.generate([text], TOPIC)
+        tokens += getattr(r, "output_tokens", 0)
+    seconds = time.perf_counter() - started
+    return {"events_per_s": len(texts) / seconds, "output_tokens_per_s": tokens / seconds}
+
+
+def bench_grammar(llm, texts: list[str]) -> dict:
+    """Seconds per decoding step of the same passes, constrained and not (alternated per pass)."""
+    prepared = llm.tasks[TOPIC]
+    ids = llm.prompt_ids(TOPIC, texts)
+    cap = llm.max_new_tokens
+    spent = {True: 0.0, False: 0.0}
+    steps = {True: 0, False: 0}
+    for batch in llm._passes(ids, list(range(len(texts))), cap, len(prepared.prefix_ids)):
+        for constrained in (True, False):
+            started = time.perf_counter()
+            rows = llm._generate_pass(prepared, [ids[i] for i in batch], cap, constrained)
+            spent[constrained] += time.perf_counter() - started
+            steps[constrained] += max(cap if tokens is None else len(tokens) + 1 for tokens, _, _ in rows)
+    per_step = {k: spent[k] / max(1, steps[k]) for k in spent}
+    return {"constrained_s_per_step": per_step[True], "unconstrained_s_per_step": per_step[False],
+            "overhead_pct": (per_step[True] / per_step[False] - 1) * 100,
+            "steps": {"constrained": steps[True], "unconstrained": steps[False]}}
+
+
+def bench_end_to_end(n: int, log_dir: Path) -> dict:
+    """Events/s counting every outcome, like the engine rows: an output the cap cut off is
+    dead-lettered (llm_truncated), so the DLQ is read too."""
+    from .bench import _worker_rig
+
+    with _worker_rig(log_dir, "llm", STREAMS_TOPICS=json.dumps(TASK_TOPICS)) as rig:
+        rig.reader.subscribe([f"{TOPIC}.enriched", f"{TOPIC}.dlq"])
+        events = [(f"l{i}".encode(), json.dumps({"event_id": f"l{i}", "text": t}).encode())
+                  for i, t in enumerate(ticket_texts(n))]
+        pending = {key for key, _ in events}
+        enriched = dead = 0
+        start = time.time()
+        for key, value in events:
+            rig.producer.produce(TOPIC, key=key, value=value, timestamp=int(time.time() * 1000))
+        rig.producer.flush(60)
+        deadline = time.monotonic() + 1800
+        while pending and time.monotonic() < deadline:
+            for msg in rig.reader.consume(min(500, len(pending)), 0.2):
+                if msg.error() or msg.key() not in pending:
+                    continue
+                pending.discard(msg.key())
+                if msg.topic().endswith(".dlq"):
+                    dead += 1
+                else:
+                    enriched += 1
+        elapsed = time.time() - start
+    return {"events": n, "enriched": enriched, "dead_lettered": dead,
+            "events_per_s": (enriched + dead) / elapsed, "seconds": elapsed}
+
+
+def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool = True) -> dict:
+    import torch
+
+    settings = Settings()
+    llm = _engine(settings)
+    texts = ticket_texts(n_texts)
+    results = {"device": str(llm.device), "dtype": str(llm.dtype).replace("torch.", ""),
+               "model": f"{llm.info.name} ({llm.info.version})", "texts": n_texts,
+               "llm_batch": llm.max_batch, "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(),
+               "prompt_prefix_tokens": len(llm.tasks[TOPIC].prefix_ids)}
+    if torch.cuda.is_available() and llm.device.type == "cuda":
+        results["card"] = torch.cuda.get_device_name(llm.device)
+    results["batched"] = _progress("batched", bench_batched(llm, texts))
+    results["naive"] = _progress("naive", bench_naive(llm, texts[:n_naive]))
+    results["grammar"] = _progress("grammar", bench_grammar(llm, texts))
+    results["ratios"] = {
+        "batched/naive": results["batched"]["events_per_s"] / results["naive"]["events_per_s"],
+        # speed per step, constrained over unconstrained: 1 / (1 + overhead)
+        "constrained/unconstrained": results["grammar"]["unconstrained_s_per_step"]
+        / results["grammar"]["constrained_s_per_step"]}
+    del llm
+    if end_to_end:
+        results["end_to_end"] = _progress("end_to_end", bench_end_to_end(n_events, out.parent))
+        results["ratios"]["end_to_end/engine"] = (results["end_to_end"]["events_per_s"]
+                                                  / results["batched"]["events_per_s"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _progress(name: str, row: dict) -> dict:
+    """Each figure on stderr as soon as it is measured: a long run cut short still shows them."""
+    print(json.dumps({"run": name, **row}), file=sys.stderr, flush=True)
+    return row
+
+
+def check(results: dict, bounds: dict) -> list[str]:
+    return [f"{name} = {results['ratios'][name]:.2f} < {low}"
+            for name, low in bounds.get("llm", {}).get("ratios", {}).items()
+            if name in results["ratios"] and results["ratios"][name] < low]

@@ -1,0 +1,103 @@
+"""Per topic, which engine does what: entities and label from the encoder models or the LLM,
+typed fields from the LLM. One `infer` for the pipeline whatever the mix; an engine a
+configuration does not use is not loaded."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .types import Classification, Inference, LabelSet, ModelInfo
+
+NO_CLASSIFICATION = Classification("none", 1.0, {"none": 1.0})
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    topic: str
+    labels: LabelSet
+    entities_from: str  # "encoder" | "llm"
+    label_from: str  # "encoder" | "llm"
+    fields: dict | None  # Avro record of the typed fields (from the LLM), or None
+
+    @property
+    def uses_encoder(self) -> bool:
+        return self.entities_from == "encoder" or self.label_from == "encoder"
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.entities_from == "llm" or self.label_from == "llm" or self.fields is not None
+
+
+class TopicEngines:
+    """The encoder engine (or None), the LLM engine (or None) and each topic's plan. `infer`
+    returns, per text, an `Inference` or the text's own exception (an LLM output cut off by the
+    token cap, say), which the pipeline dead-letters with that exception's `reason`. An
+    exception raised instead concerns the whole batch (Runtime.infer splits and retries)."""
+
+    by_topic = True
+
+    def __init__(self, plans: dict[str, TopicPlan], encoder=None, llm=None):
+        self.plans = plans
+        self.encoder = encoder
+        self.llm = llm
+        self.device = llm.device if llm is not None else getattr(encoder, "device", "none")
+        self.load_seconds = (getattr(encoder, "load_seconds", 0.0) or 0.0) + \
+            (llm.load_seconds if llm is not None else 0.0)
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        out = list(self.encoder.models) if self.encoder is not None else []
+        if self.llm is not None:
+            out.append(self.llm.info)
+        return out
+
+    def models_for(self, topic: str) -> list[ModelInfo]:
+        """The models that produced a topic's records: one entry per task."""
+        plan = self.plans[topic]
+        encoder = {m.task: m for m in self.encoder.models} if self.encoder is not None else {}
+        llm = self.llm.info if self.llm is not None else None
+
+        def of(task: str, source: str) -> list[ModelInfo]:
+            if source == "llm":
+                return [ModelInfo(task, llm.name, llm.version)]
+            return [encoder[task]] if task in encoder else []
+
+        out = of("entities", plan.entities_from) + of("classification", plan.label_from)
+        if plan.fields is not None:
+            out += of("fields", "llm")
+        return out
+
+    def warm_up(self) -> float:
+        started = time.perf_counter()
+        if self.encoder is not None and hasattr(self.encoder, "warm_up"):
+            self.encoder.warm_up()
+        if self.llm is not None:
+            self.llm.warm_up()
+        seconds = time.perf_counter() - started
+        self.load_seconds += seconds
+        return seconds
+
+    def infer(self, texts: Sequence[str], labels: LabelSet | None, topic: str) -> list:
+        if not texts:
+            return []
+        plan = self.plans[topic]
+        encoded = self.encoder.infer(texts, labels) if plan.uses_encoder else None
+        generated = self.llm.generate(texts, topic) if plan.uses_llm else None
+        out: list = []
+        for i in range(len(texts)):
+            gen = generated[i] if generated is not None else None
+            if isinstance(gen, Exception):
+                out.append(gen)
+                continue
+            enc = encoded[i] if encoded is not None else None
+            entities = gen.entities if plan.entities_from == "llm" else enc.entities
+            label = gen.classification if plan.label_from == "llm" else enc.classification
+            out.append(Inference(entities, label or NO_CLASSIFICATION,
+                                 gen.fields if plan.fields is not None else None))
+        return out
+
+    def close(self) -> None:
+        if self.encoder is not None and hasattr(self.encoder, "close"):
+            self.encoder.close()

@@ -1,0 +1,93 @@
+"""Per-topic typed fields: an Avro record in `schemas/fields/<name>.avsc`, and the JSON Schema
+the LLM engine decodes under, derived from it, so every generated value is valid Avro by
+construction (enums to their symbols, `["null", T]` to a nullable T)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_PRIMITIVES = {"string": {"type": "string"}, "boolean": {"type": "boolean"},
+               "int": {"type": "integer", "minimum": -(2 ** 31), "maximum": 2 ** 31 - 1},
+               "long": {"type": "integer", "minimum": -(2 ** 63), "maximum": 2 ** 63 - 1},
+               "float": {"type": "number"}, "double": {"type": "number"}}
+
+
+class FieldSchemaError(ValueError):
+    """A field record the LLM engine cannot express as a JSON Schema (or a missing file)."""
+
+
+def load_field_record(schema_dir: Path, name: str) -> dict:
+    """The Avro record `schemas/fields/<name>.avsc` (parsed JSON), checked to be a record."""
+    path = Path(schema_dir) / "fields" / f"{name}.avsc"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise FieldSchemaError(f"field record {name!r}: no file {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise FieldSchemaError(f"field record {name!r}: {path} is not JSON: {exc}") from exc
+    if not isinstance(record, dict) or record.get("type") != "record" or "fields" not in record:
+        raise FieldSchemaError(f"field record {name!r}: {path} is not an Avro record")
+    return record
+
+
+def json_schema(avro_record: dict) -> dict:
+    """The JSON Schema of an Avro record's values: an object with every field required (a
+    nullable field is present with null), no extra properties, properties in the record's
+    field order (the order the LLM writes them in)."""
+    return _type(avro_record, avro_record.get("name", "record"))
+
+
+def _type(avro, where: str) -> dict:
+    if isinstance(avro, str):
+        if avro in _PRIMITIVES:
+            return dict(_PRIMITIVES[avro])
+        if avro == "null":
+            return {"type": "null"}
+        raise FieldSchemaError(f"{where}: named type reference {avro!r} is not supported")
+    if isinstance(avro, list):
+        branches = [b for b in avro if b != "null"]
+        if len(branches) != 1 or len(avro) != 2:
+            raise FieldSchemaError(f"{where}: only [\"null\", T] unions are supported, got {avro}")
+        inner = _type(branches[0], where)
+        return {"anyOf": [inner, {"type": "null"}]}
+    if not isinstance(avro, dict):
+        raise FieldSchemaError(f"{where}: not an Avro type: {avro!r}")
+    kind = avro.get("type")
+    if kind == "enum":
+        return {"type": "string", "enum": list(avro["symbols"])}
+    if kind == "record":
+        props = {f["name"]: _described(_type(f["type"], f"{where}.{f['name']}"), f.get("doc"))
+                 for f in avro["fields"]}
+        return {"type": "object", "properties": props, "required": list(props),
+                "additionalProperties": False}
+    if kind == "array":
+        return {"type": "array", "items": _type(avro["items"], f"{where}[]")}
+    if isinstance(kind, (str, list)) and not avro.get("logicalType"):
+        return _type(kind, where)
+    raise FieldSchemaError(f"{where}: Avro type {kind!r} is not supported")
+
+
+def _described(schema: dict, doc: str | None) -> dict:
+    return {**schema, "description": doc} if doc else schema
+
+
+def field_docs(avro_record: dict) -> list[tuple[str, str]]:
+    """(field name, what to write) per field, for the prompt: the field's doc, its enum symbols
+    and whether it may be null."""
+    out = []
+    for f in avro_record["fields"]:
+        t = f["type"]
+        nullable = isinstance(t, list) and "null" in t
+        inner = next((b for b in t if b != "null"), t) if isinstance(t, list) else t
+        kind = inner.get("type") if isinstance(inner, dict) else inner
+        parts = [f.get("doc") or ""]
+        if kind == "enum":
+            parts.append("one of: " + ", ".join(inner["symbols"]) + ".")
+            if inner.get("doc"):
+                parts.append(inner["doc"])
+        else:
+            parts.append(f"({'number' if kind in ('double', 'float', 'int', 'long') else kind}"
+                         f"{' or null' if nullable else ''})")
+        out.append((f["name"], " ".join(p for p in parts if p)))
+    return out

@@ -1,0 +1,229 @@
+"""The LLM engine on a tiny random causal LM (tests/fixtures/tiny_llm.py): outputs valid by
+construction, label probabilities, batched == alone, prefix cache == none, verbatim entity
+offsets, the token cap's retry and its dead letter through the one pipeline."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import fastavro
+import pytest
+import torch
+
+from streams.engine import LabelSet, NoopEngine
+from streams.engine.llm import LLMEngine, LLMResult, LLMTask, LLMTruncated
+from streams.engine.topics import TopicEngines, TopicPlan
+from tests.fixtures.tiny_llm import TINY_FIELDS, build_tiny_llm
+
+LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel", "praise": "thanks"})
+TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.",
+         "My parcel has not arrived.", "Thanks!", "Gift wrap it, leave at the door, it is fragile.",
+         "Maria", "Denver tracking says the parcel is late and my order was charged twice for it."]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: threads only spin against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def engine(tiny_dir, tmp_path_factory=None, **options) -> LLMEngine:
+    llm = LLMEngine.load(str(tiny_dir), cache_dir=tiny_dir.parent / "cache", device="cpu",
+                         dtype="float32", **({"max_new_tokens": 48, "retry_max_new_tokens": 64} | options))
+    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELDS))
+    return llm
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_dir):
+    return engine(tiny_dir, max_batch=4)
+
+
+def test_outputs_are_valid_and_labels_are_probabilities(llm):
+    parsed = fastavro.parse_schema(TINY_FIELDS)
+    results = llm.generate(TEXTS, "tickets")
+    assert len(results) == len(TEXTS)
+    for r in results:
+        assert isinstance(r, LLMResult), r
+        assert fastavro.validate(r.fields, parsed, raise_errors=False), r.fields
+        c = r.classification
+        assert c.label in LABELS.labels and set(c.scores) == set(LABELS.labels)
+        assert math.isclose(sum(c.scores.values()), 1.0, rel_tol=1e-6)
+        assert c.score == max(c.scores.values()) == c.scores[c.label]
+        assert 0.0 < c.score < 1.0  # a probability from the model, not a constant
+    assert len({r.classification.score for r in results}) > 1  # it depends on the text
+
+
+def test_batched_equals_one_at_a_time_and_prefix_cache_equals_none(llm, tiny_dir):
+    key = lambda r: (r.classification.label, round(r.classification.score, 4), r.fields)  # noqa: E731
+    batched = [key(r) for r in llm.generate(TEXTS, "tickets")]
+    alone = [key(llm.generate([t], "tickets")[0]) for t in TEXTS]
+    assert batched == alone
+    no_cache = engine(tiny_dir, max_batch=4, prefix_cache=False)
+    assert no_cache.tasks["tickets"].prefix_cache is None and llm.tasks["tickets"].prefix_cache is not None
+    assert [key(r) for r in no_cache.generate(TEXTS, "tickets")] == batched
+
+
+def test_passes_respect_rows_and_tokens_and_sort_by_length(llm):
+    ids = [[0] * n for n in (30, 5, 20, 10, 40)]
+    passes = llm._passes(ids, list(range(5)), cap=10, prefix=0)
+    assert [i for p in passes for i in p] == [1, 3, 2, 0, 4]  # shortest first
+    assert all(len(p) <= llm.max_batch for p in passes)
+    llm_small = LLMEngine.__new__(LLMEngine)
+    llm_small.max_batch, llm_small.max_tokens = 8, 100
+    for p in llm_small._passes(ids, list(range(5)), cap=10, prefix=0):
+        assert len(p) * (max(len(ids[i]) for i in p) + 10) <= 100 or len(p) == 1
+
+
+def test_cut_off_output_is_retried_with_the_larger_cap_then_fails(tiny_dir, monkeypatch):
+    retried = engine(tiny_dir, max_new_tokens=3, retry_max_new_tokens=96)
+    caps = []
+    original = retried._generate_pass
+    monkeypatch.setattr(retried, "_generate_pass",
+                        lambda prepared, prompts, cap, constrained: caps.append((len(prompts), cap))
+                        or original(prepared, prompts, cap, constrained))
+    results = retried.generate(TEXTS[:3], "tickets")
+    assert caps == [(3, 3), (3, 96)]  # every output cut off at 3 tokens, all retried once
+    assert all(isinstance(r, LLMResult) for r in results)
+
+    failing = engine(tiny_dir, max_new_tokens=3, retry_max_new_tokens=4)
+    results = failing.generate(TEXTS[:2], "tickets")
+    assert all(isinstance(r, LLMTruncated) and r.reason == "llm_truncated" for r in results)
+
+
+def test_entity_offsets_are_found_verbatim_and_invented_spans_dropped(llm):
+    prepared = llm.tasks["tickets"]
+    text = "Maria wrote to Maria's bank in Denver."
+    items = [{"type": "GIVEN_NAME", "text": "Maria"}, {"type": "GIVEN_NAME", "text": "Maria"},
+             {"type": "CITY", "text": "Denver"}, {"type": "CITY", "text": "Boston"},
+             {"type": "CITY", "text": "denver"}]  # wrong case: not verbatim
+    object.__setattr__(prepared.task, "entity_types", ("GIVEN_NAME", "CITY"))
+    try:
+        entities, dropped = llm._entities(prepared, text, [], [], "", items)
+    finally:
+        object.__setattr__(prepared.task, "entity_types", None)
+    assert [(e.label, e.text, e.start, e.end) for e in entities] == [
+        ("GIVEN_NAME", "Maria", 0, 5), ("GIVEN_NAME", "Maria", 15, 20), ("CITY", "Denver", 31, 37)]
+    assert all(text[e.start:e.end] == e.text for e in entities)
+    assert dropped == 2
+
+
+def test_entities_from_the_llm_are_counted_when_dropped(tiny_dir):
+    dropped = []
+    llm = engine(tiny_dir, max_new_tokens=96, retry_max_new_tokens=160,
+                 on_dropped_spans=lambda topic, n: dropped.append((topic, n)))
+    llm.add_task(LLMTask("people", None, ("GIVEN_NAME", "CITY"), None))
+    results = llm.generate(TEXTS[:3], "people")
+    for text, r in zip(TEXTS, results):
+        if isinstance(r, LLMResult):  # random weights may write a string until the cap
+            assert all(text[e.start:e.end] == e.text for e in r.entities)
+            assert r.classification is None and r.fields is None
+    counted = sum(n for _, n in dropped)
+    assert counted == sum(r.dropped_spans for r in results if isinstance(r, LLMResult))
+
+
+def test_topic_engines_mix_encoder_and_llm(llm):
+    plans = {"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", TINY_FIELDS),
+             "notes": TopicPlan("notes", LABELS, "encoder", "encoder", None)}
+    engines = TopicEngines(plans, NoopEngine(), llm)
+    [a] = engines.infer(["My parcel has not arrived."], LABELS, "tickets")
+    [b] = llm.generate(["My parcel has not arrived."], "tickets")
+    assert a.classification == b.classification and a.fields == b.fields and a.entities == []
+    [n] = engines.infer(["x"], LABELS, "notes")
+    assert n.classification.label == "billing" and n.fields is None  # the no-op encoder's label
+    names = {(m.task, m.name) for m in engines.models_for("tickets")}
+    assert ("classification", llm.info.name) in names and ("fields", llm.info.name) in names
+    assert ("entities", "noop") in names
+
+
+def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkeypatch):
+    """The one pipeline: a text the LLM could not finish becomes a dead letter with reason
+    llm_truncated; the other events of its batch are enriched."""
+    from streams import pipeline
+    from streams.records import InRecord
+    from streams.serde import SchemaCatalog
+    from streams.settings import Settings, TopicRoute
+    from streams.telemetry import Telemetry
+
+    llm = engine(tiny_dir, max_new_tokens=48, retry_max_new_tokens=64)
+    real = llm.generate
+
+    def generate(texts, topic):  # the text "LONG" is cut off for real: caps of 3 tokens
+        out = real(texts, topic)
+        long = [i for i, t in enumerate(texts) if t == "LONG"]
+        if long:
+            llm.max_new_tokens = llm.retry_max_new_tokens = 3
+            try:
+                cut = real([texts[i] for i in long], topic)
+            finally:
+                llm.max_new_tokens, llm.retry_max_new_tokens = 48, 64
+            for i, r in zip(long, cut):
+                out[i] = r
+        return out
+
+    monkeypatch.setattr(llm, "generate", generate)
+    route = TopicRoute(input="tickets", labels={"billing": "a charge", "delivery": "a parcel",
+                                                "praise": "thanks"}, label_from="llm")
+    settings = Settings(kafka_bootstrap="127.0.0.1:1", topics=[route], worker_id="w",
+                        schema_registry_url=f"mock://llm-{uuid.uuid4().hex}")
+    catalog = SchemaCatalog.from_settings(settings)
+    catalog.ensure_registered()
+    llm.add_task(LLMTask("tickets", LABELS, None, None))
+    engines = TopicEngines({"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", None)},
+                           NoopEngine(), llm)
+    class NoProducer:  # enrich_records only sizes records (or not); nothing is produced here
+        def __init__(self, config, **options):
+            pass
+
+        def fits(self, record) -> bool:
+            return True
+
+    monkeypatch.setattr(pipeline, "AckingProducer", NoProducer)
+    runtime = pipeline.Runtime(settings, engines, catalog, telemetry=Telemetry.disabled())
+    records = [InRecord("tickets", 0, i, 1_700_000_000_000, b"k",
+                        ('{"event_id": "e%d", "text": "%s"}' % (i, t)).encode())
+               for i, t in enumerate(["Thanks!", "LONG", "My parcel has not arrived."])]
+    result = pipeline.enrich_records(runtime, route, records)
+    runtime.executor.shutdown()
+    assert (result.enriched, result.dead) == (2, 1)
+    [dead] = [o for o in result.out if o.topic == route.dlq]
+    headers = dict(dead.headers)
+    assert headers["__streams.errors.reason"] == b"llm_truncated"
+    assert headers["__streams.errors.offset"] == b"1"
+    assert {m.name for m in runtime.models["tickets"]} == {"noop", llm.info.name}
+
+
+def test_runtime_loads_only_the_engines_the_topics_use(llm, tiny_dir, monkeypatch, tmp_path):
+    from streams import pipeline
+    from streams.settings import Settings, TopicRoute
+    from tests.fixtures.tiny_llm import write_tiny_field_record
+
+    loaded = []
+    monkeypatch.setattr(pipeline.Engine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
+    monkeypatch.setattr(pipeline, "load_llm", lambda s, t=None: loaded.append("llm") or engine(tiny_dir))
+    write_tiny_field_record(tmp_path)
+    labels = {"billing": "a charge", "delivery": "a parcel"}
+
+    def load(*routes):
+        loaded.clear()
+        return pipeline.load_engines(Settings(topics=list(routes), schema_dir=tmp_path))
+
+    plain = load(TopicRoute(input="a", labels=labels))
+    assert loaded == ["encoder"] and isinstance(plain, NoopEngine)  # as before: no LLM loaded
+    only_llm = load(TopicRoute(input="a", labels=labels, entities_from="llm", label_from="llm"))
+    assert loaded == ["llm"] and only_llm.encoder is None  # nothing uses the encoder
+    assert only_llm.llm.tasks["a"].task.entity_types and only_llm.llm.tasks["a"].task.fields is None
+    mixed = load(TopicRoute(input="a", labels=labels, label_from="llm", fields="TinyFields"),
+                 TopicRoute(input="b", labels=labels))
+    assert loaded == ["encoder", "llm"] and "a" in mixed.llm.tasks and "b" not in mixed.llm.tasks
+    assert mixed.llm.tasks["a"].task.entity_types is None  # entities stay on the encoder
+    assert mixed.llm.tasks["a"].task.fields["name"] == "TinyFields"

@@ -1,0 +1,62 @@
+"""Avro field record -> JSON Schema: what the LLM decodes under must admit exactly the values
+the topic's Avro record accepts (enums to their symbols, ["null", T] to a nullable T)."""
+
+from __future__ import annotations
+
+import json
+
+import fastavro
+import pytest
+
+from streams.serde.fields import FieldSchemaError, field_docs, json_schema, load_field_record
+from streams.settings import REPO_ROOT
+
+RECORD = {"type": "record", "name": "R", "fields": [
+    {"name": "level", "type": {"type": "enum", "name": "Level", "symbols": ["low", "high"]}},
+    {"name": "order_id", "type": ["null", "string"], "default": None, "doc": "the order"},
+    {"name": "amount", "type": ["null", "double"], "default": None},
+    {"name": "count", "type": "int"}, {"name": "big", "type": "long"},
+    {"name": "ok", "type": "boolean"}, {"name": "note", "type": "string"}]}
+
+
+def test_types_map_to_json_schema():
+    schema = json_schema(RECORD)
+    props = schema["properties"]
+    assert list(props) == ["level", "order_id", "amount", "count", "big", "ok", "note"]  # Avro order
+    assert schema["required"] == list(props) and schema["additionalProperties"] is False
+    assert props["level"] == {"type": "string", "enum": ["low", "high"]}
+    assert props["order_id"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert props["order_id"]["description"] == "the order"
+    assert props["amount"]["anyOf"] == [{"type": "number"}, {"type": "null"}]
+    assert props["count"]["type"] == "integer" and props["count"]["maximum"] == 2 ** 31 - 1
+    assert props["big"]["type"] == "integer"
+    assert props["ok"] == {"type": "boolean"} and props["note"] == {"type": "string"}
+
+
+def test_support_ticket_record_loads_and_its_values_are_valid_avro():
+    record = load_field_record(REPO_ROOT / "schemas", "SupportTicketFields")
+    schema = json_schema(record)
+    assert schema["properties"]["urgency"]["enum"] == ["low", "medium", "high", "critical"]
+    value = {"urgency": "high", "order_id": None, "refund_amount": 84.2,
+             "requested_action": "refund", "summary": "Charged twice."}
+    assert fastavro.validate(value, fastavro.parse_schema(record), raise_errors=False)
+    docs = dict(field_docs(record))
+    assert "low, medium, high, critical" in docs["urgency"] and "or null" in docs["order_id"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"name": "u", "type": ["null", "string", "int"]},  # a union the grammar cannot type
+    {"name": "m", "type": {"type": "map", "values": "string"}},
+    {"name": "n", "type": "SomeNamedType"}])
+def test_unsupported_types_fail_at_start_up(bad):
+    with pytest.raises(FieldSchemaError):
+        json_schema({"type": "record", "name": "R", "fields": [bad]})
+
+
+def test_missing_or_wrong_file(tmp_path):
+    with pytest.raises(FieldSchemaError, match="no file"):
+        load_field_record(tmp_path, "Nope")
+    (tmp_path / "fields").mkdir()
+    (tmp_path / "fields" / "E.avsc").write_text(json.dumps({"type": "enum", "name": "E", "symbols": ["a"]}))
+    with pytest.raises(FieldSchemaError, match="not an Avro record"):
+        load_field_record(tmp_path, "E")
