@@ -24,6 +24,8 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from .fields import FieldSchemaError, load_field_record
+
 
 class SchemaError(RuntimeError):
     pass
@@ -43,19 +45,6 @@ FIELDS_FIELD_DOC = ("Typed fields an LLM extracted from the text, as the topic's
                     "declares them; null when the event was enriched without them.")
 
 
-def _load_field_record(schema_dir: Path, name: str) -> dict:
-    """The parsed Avro record `schemas/fields/<name>.avsc`."""
-    # TODO(lead): switch to streams.serde.fields.load_field_record at merge.
-    path = schema_dir / "fields" / f"{name}.avsc"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"cannot read field record {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("type") != "record":
-        raise SchemaError(f"{path}: a field record must be an Avro record")
-    return record
-
-
 def compose_enriched(enriched: dict, field_record: dict) -> dict:
     """EnrichedEvent with one more field, `fields: ["null", field_record]`, default null.
     Appended last and optional: BACKWARD compatible with the plain schema in both directions.
@@ -72,8 +61,8 @@ def composed_schema_text(schema_dir: Path, field_name: str) -> str:
     JSON, so the same text is also the committed `schemas/enriched/` file)."""
     enriched = json.loads(load_schema(schema_dir, "EnrichedEvent").schema_str)
     try:
-        record = _load_field_record(schema_dir, field_name)
-    except ValueError as exc:  # serde.fields.load_field_record's FieldSchemaError
+        record = load_field_record(schema_dir, field_name)
+    except FieldSchemaError as exc:
         raise SchemaError(str(exc)) from exc
     return json.dumps(compose_enriched(enriched, record), indent=2, ensure_ascii=False) + "\n"
 
