@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -15,12 +16,14 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+# Lines are never wrapped by rich (a pipe is 80 columns to it): one event stays one line.
+console = Console(soft_wrap=True, highlight=False)
 SAMPLES = "samples.jsonl"
 
 
@@ -177,14 +180,32 @@ def _decoded(settings: Settings, topics: list[str], from_beginning: bool, timeou
         cons.close()
 
 
-def _show(topic: str, record: dict) -> None:
+def _text(value) -> str:
+    """Data in a printed line: rich markup in it is shown, not applied; control characters
+    (newlines included) are escaped, so one event stays one line."""
+    return escape(_CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode(), str(value)))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def _show(topic: str, record: dict, as_json: bool = False) -> None:
+    """One line per event: JSON (`--json`), or id, topic, label (score), entities, fields."""
+    if as_json:
+        print(json.dumps({"topic": topic, **record}, default=str, ensure_ascii=False), flush=True)
+        return
+    if "dead_letter_reason" in record:
+        console.print(f"[bold]{_text(record['event_id'])}[/] [dim]{_text(topic)}[/] [red]dead-lettered:[/] "
+                      f"{_text(record['dead_letter_reason'])}")
+        return
     cls = record["classification"]
-    ents = ", ".join(f"{e['label']}={e['text']!r}" for e in record["entities"]) or "-"
-    console.print(f"[bold]{record['event_id']}[/] [dim]{topic}[/] "
-                  f"[cyan]{cls['label']}[/] ({cls['score']:.2f})  entities: {ents}")
+    ents = ", ".join(f"{_text(e['label'])}={_text(repr(e['text']))}" for e in record["entities"]) or "-"
+    line = (f"[bold]{_text(record['event_id'])}[/] [dim]{_text(topic)}[/] "
+            f"[cyan]{_text(cls['label'])}[/] ({cls['score']:.2f})  entities: {ents}")
     fields = record.get("fields")  # the topic's typed fields, when it declares them (LLM)
     if fields:
-        console.print("    fields: " + ", ".join(f"{k}={v!r}" for k, v in fields.items()))
+        line += "  fields: " + ", ".join(f"{_text(k)}={_text(repr(v))}" for k, v in fields.items())
+    console.print(line)
 
 
 @app.command()
@@ -199,16 +220,15 @@ def tail(
     settings = Settings()
     topics = topic or [r.output for r in settings.topics]
     for t, record in _decoded(settings, topics, from_beginning, timeout, count):
-        if as_json:
-            print(json.dumps(record, default=str), flush=True)
-        else:
-            _show(t, record)
+        _show(t, record, as_json)
 
 
 @app.command()
 def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds"),
          llm: bool = typer.Option(False, "--llm", help="support tickets labelled and typed "
-                                  "(SupportTicketFields) by the LLM engine (make run-llm)")) -> None:
+                                  "(SupportTicketFields) by the LLM engine (make run-llm)"),
+         as_json: bool = typer.Option(False, "--json", help="print each outcome as one JSON object "
+                                      "per line")) -> None:
     """Start the embedded broker and a worker, send the samples, print the enriched events,
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
@@ -251,10 +271,7 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
             seen.add(record["event_id"])
             if "dead_letter_reason" in record:
                 dead.add(record["event_id"])
-                console.print(f"[bold]{record['event_id']}[/] [dim]{t}[/] [red]dead-lettered:[/] "
-                              f"{record['dead_letter_reason']}")
-            else:
-                _show(t, record)
+            _show(t, record, as_json)
             if worker_proc.poll() is not None:
                 break
         if seen != wanted:
