@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from streams.bench import agreement
-from streams.engine import Classification, Engine, Entity, Inference, LabelSet, ModelLoadError
+from streams.engine import Classification, Engine, Entity, Inference, ModelLoadError
 from tests.engine.test_engine_tiny import LABELS, SHORT, check, long_text
 
 

@@ -5,7 +5,6 @@ exactly one outcome; the typed fields come back decoded from the topic's output 
 from __future__ import annotations
 
 import json
-import os
 
 import fastavro
 import pytest
