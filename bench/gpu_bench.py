@@ -94,10 +94,9 @@ def bench_llm(device: str, tmp: Path, n: int, cap: int, rows: int) -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         started = time.perf_counter()
-        for batch in llm._passes(ids, list(range(count)), cap, len(prepared.prefix_ids)):
-            out = llm._generate_pass(prepared, [ids[i] for i in batch], cap, use_grammar)
-            done += len(batch)
-            steps += sum(cap if t is None else len(t) + 1 for t, _, _ in out)
+        out = llm._generate_pass(prepared, ids[:count], cap, use_grammar)  # continuously batched
+        done += count
+        steps += sum(cap if t is None else len(t) + 1 for t, _, _ in out)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - started, steps

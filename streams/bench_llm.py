@@ -1,10 +1,11 @@
 """`streams bench --engine llm`: the LLM engine on the support-ticket samples, same texts and
 model in one run (the task `streams demo --llm` runs: label and SupportTicketFields from the LLM).
 
-batched      the engine: one `generate` over all texts (passes of `llm_batch` rows, by length)
+batched      the engine: one `generate` over all texts (up to `llm_batch` rows decoded together,
+             a finished row replaced at once by the next text: continuous batching)
 naive        one text per `generate` call (what calling the model per request costs)
-grammar      the same passes with and without the grammar, compared per decoding step (an
-             unconstrained output runs to another length, so whole-batch times would not compare)
+grammar      the same texts with and without the grammar, alternated, compared per output token
+             (an unconstrained output runs to another length, so whole-run times would not compare)
 end-to-end   the worker on the embedded broker, first produce -> last enriched record read back
 """
 
@@ -66,23 +67,30 @@ def bench_naive(llm, texts: list[str]) -> dict:
     return {"events_per_s": len(texts) / seconds, "output_tokens_per_s": tokens / seconds}
 
 
-def bench_grammar(llm, texts: list[str]) -> dict:
-    """Seconds per decoding step of the same passes, constrained and not (alternated per pass)."""
+def bench_grammar(llm, texts: list[str], rounds: int = 2) -> dict:
+    """Seconds per output token of the same texts decoded with and without the grammar, the two
+    alternated `rounds` times (a noisy machine drifts between minutes, not between alternations);
+    per token, since an unconstrained output runs to another length. Also the grammar's own
+    share inside the constrained runs (time in xgrammar / the rest), which noise cannot move."""
     prepared = llm.tasks[TOPIC]
     ids = llm.prompt_ids(TOPIC, texts)
     cap = llm.max_new_tokens
     spent = {True: 0.0, False: 0.0}
-    steps = {True: 0, False: 0}
-    for batch in llm._passes(ids, list(range(len(texts))), cap, len(prepared.prefix_ids)):
+    tokens = {True: 0, False: 0}
+    grammar_s = 0.0
+    for _ in range(rounds):
         for constrained in (True, False):
             started = time.perf_counter()
-            rows = llm._generate_pass(prepared, [ids[i] for i in batch], cap, constrained)
+            llm._generate_pass(prepared, ids, cap, constrained)
             spent[constrained] += time.perf_counter() - started
-            steps[constrained] += max(cap if tokens is None else len(tokens) + 1 for tokens, _, _ in rows)
-    per_step = {k: spent[k] / max(1, steps[k]) for k in spent}
-    return {"constrained_s_per_step": per_step[True], "unconstrained_s_per_step": per_step[False],
-            "overhead_pct": (per_step[True] / per_step[False] - 1) * 100,
-            "steps": {"constrained": steps[True], "unconstrained": steps[False]}}
+            tokens[constrained] += llm.last_pass["row_steps"]
+            if constrained:
+                grammar_s += llm.last_pass["grammar_s"]
+    per_token = {k: spent[k] / max(1, tokens[k]) for k in spent}
+    return {"constrained_s_per_token": per_token[True], "unconstrained_s_per_token": per_token[False],
+            "overhead_pct": (per_token[True] / per_token[False] - 1) * 100,
+            "grammar_share_pct": grammar_s / (spent[True] - grammar_s) * 100,
+            "tokens": {"constrained": tokens[True], "unconstrained": tokens[False]}, "rounds": rounds}
 
 
 def bench_end_to_end(n: int, log_dir: Path) -> dict:
@@ -134,8 +142,8 @@ def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool =
     results["ratios"] = {
         "batched/naive": results["batched"]["events_per_s"] / results["naive"]["events_per_s"],
         # speed per step, constrained over unconstrained: 1 / (1 + overhead)
-        "constrained/unconstrained": results["grammar"]["unconstrained_s_per_step"]
-        / results["grammar"]["constrained_s_per_step"]}
+        "constrained/unconstrained": results["grammar"]["unconstrained_s_per_token"]
+        / results["grammar"]["constrained_s_per_token"]}
     del llm
     if end_to_end:
         results["end_to_end"] = _progress("end_to_end", bench_end_to_end(n_events, out.parent))

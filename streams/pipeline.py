@@ -193,7 +193,8 @@ def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides
                    max_new_tokens=settings.llm_max_new_tokens,
                    retry_max_new_tokens=settings.llm_retry_max_new_tokens,
                    max_batch=settings.llm_batch, max_tokens=settings.llm_max_tokens_per_pass,
-                   few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache)
+                   few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache,
+                   max_string_chars=settings.llm_max_string_chars or None)
     if settings.llm_examples_dir is not None:
         options["examples_dir"] = settings.llm_examples_dir
     if telemetry is not None:

@@ -103,9 +103,10 @@ class _Prepared:
     prefix_cache: object | None = None  # their KV cache, computed once (prefix_cache=True)
 
 
-def output_schema(task: LLMTask) -> dict:
+def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
     """The JSON Schema of one output: label first (its tokens are scored), then entities, then
-    the typed fields, in that order (xgrammar keeps the properties' order)."""
+    the typed fields, in that order (xgrammar keeps the properties' order). Free-text strings
+    (entity texts, string fields) are capped at `max_string_chars`."""
     from ..serde.fields import json_schema
 
     props: dict = {}
@@ -114,10 +115,11 @@ def output_schema(task: LLMTask) -> dict:
     if task.entity_types is not None:
         props["entities"] = {"type": "array", "items": {
             "type": "object", "properties": {"type": {"type": "string", "enum": list(task.entity_types)},
-                                             "text": {"type": "string", "minLength": 1}},
+                                             "text": {"type": "string", "minLength": 1,
+                                                      **({"maxLength": max_string_chars} if max_string_chars else {})}},
             "required": ["type", "text"], "additionalProperties": False}}
     if task.fields is not None:
-        props["fields"] = json_schema(task.fields)
+        props["fields"] = json_schema(task.fields, max_string_chars)
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
@@ -166,46 +168,53 @@ def instructions(task: LLMTask) -> str:
     return "\n".join(lines)
 
 
-class _Recorder:
-    """A logits processor for `generate`: applies each row's grammar (xgrammar matchers, one per
-    row) and keeps, per step, the probability of the greedy token under the masked distribution
-    and, for the first `label_steps` steps, the whole masked distribution's support (for the
-    label score). One instance per `generate` call."""
+@dataclass
+class _Row:
+    """One text being decoded: where it is in the batch's KV cache and what it wrote so far."""
 
-    def __init__(self, prepared: _Prepared, rows: int, vocab_size: int, constrained: bool):
-        import xgrammar as xgr
+    index: int  # its place in the prompts of the `_generate_pass` call
+    length: int  # its real tokens in the cache (prefix + prompt + generated): its next position
+    matcher: object | None  # its own xgrammar matcher (forked from the topic's)
+    tokens: list[int] = field(default_factory=list)
+    greedy_p: list[float] = field(default_factory=list)
+    dists: list = field(default_factory=list)  # label steps: (top token ids, their probabilities)
 
-        self.xgr = xgr
-        self.constrained = constrained and prepared.matcher is not None
-        self.matchers = [prepared.matcher.fork() for _ in range(rows)] if self.constrained else []
-        self.bitmask = xgr.allocate_token_bitmask(rows, vocab_size) if self.constrained else None
-        self.label_steps = prepared.label_steps
-        self.step = 0
-        self.greedy_p: list[torch.Tensor] = []
-        self.label_dists: list[list[tuple[list[int], list[float]]]] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.constrained:
-            for i, matcher in enumerate(self.matchers):
-                if self.step > 0 and not matcher.is_terminated():
-                    matcher.accept_token(int(input_ids[i, -1]))
-                if not matcher.is_terminated():
-                    matcher.fill_next_token_bitmask(self.bitmask, i)
-            device = scores.device
-            if device.type not in ("cuda", "cpu"):
-                scores = scores.to("cpu")
-            self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
-            scores = scores.to(device)
-        probs = torch.softmax(scores.float(), dim=-1)
-        self.greedy_p.append(probs.max(dim=-1).values.cpu())
-        if self.step < self.label_steps:
-            # The 64 likeliest tokens: under the grammar a label step allows fewer than that (so
-            # this is the whole support); without it, they carry the label mass that matters.
-            top = torch.topk(probs, min(64, probs.shape[-1]), dim=-1)
-            rows = list(zip(top.indices.cpu().tolist(), top.values.cpu().tolist()))
-            self.label_dists.append(rows)
-        self.step += 1
-        return scores
+def _map_cache(cache, fn) -> None:
+    """Apply `fn` to every layer's keys and values ([batch, heads, positions, dim])."""
+    if hasattr(cache, "layers"):  # transformers >= 4.56 (4.57 and 5.x)
+        for layer in cache.layers:
+            layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+    else:
+        cache.key_cache = [fn(t) for t in cache.key_cache]
+        cache.value_cache = [fn(t) for t in cache.value_cache]
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    if hasattr(cache, "layers"):
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for pair in zip(cache.key_cache, cache.value_cache) for t in pair]
+
+
+def _concat_cache(cache, other) -> None:
+    """Append `other`'s rows to `cache` (same number of positions)."""
+    extra = iter(_cache_tensors(other))
+    _map_cache(cache, lambda t: torch.cat([t, next(extra)], dim=0))
+
+
+def _widen(cache, mask: torch.Tensor, at: int, width: int) -> torch.Tensor:
+    """Insert `width` masked-out positions at `at` (between the shared prefix and the rows' own
+    tokens, where the left padding is): positions and RoPE are per row, so nothing moves."""
+    if width <= 0:
+        return mask
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        shape = list(t.shape)
+        shape[2] = width
+        return torch.cat([t[:, :, :at], t.new_zeros(shape), t[:, :, at:]], dim=2)
+
+    _map_cache(cache, pad)
+    return torch.cat([mask[:, :at], mask.new_zeros((mask.shape[0], width)), mask[:, at:]], dim=1)
 
 
 class LLMEngine:
@@ -214,7 +223,7 @@ class LLMEngine:
     def __init__(self, model, tokenizer, device: torch.device, info: ModelInfo, *,
                  max_new_tokens: int = 160, retry_max_new_tokens: int = 320, max_batch: int = 16,
                  max_tokens: int = 16384, few_shot: bool = False, constrained: bool = True,
-                 prefix_cache: bool = True,
+                 prefix_cache: bool = True, max_string_chars: int | None = 200,
                  examples_dir: Path = EXAMPLES_DIR, load_seconds: float = 0.0,
                  on_dropped_spans: Callable[[str, int], None] | None = None):
         self.model = model
@@ -228,6 +237,7 @@ class LLMEngine:
         self.few_shot = few_shot
         self.constrained = constrained
         self.prefix_cache = prefix_cache
+        self.max_string_chars = max_string_chars
         self.examples_dir = examples_dir
         self.load_seconds = load_seconds
         self.on_dropped_spans = on_dropped_spans
@@ -272,7 +282,7 @@ class LLMEngine:
     def add_task(self, task: LLMTask) -> _Prepared:
         """Build the topic's schema, prompt and grammar (compiled once, here)."""
         started = time.perf_counter()
-        schema = output_schema(task)
+        schema = output_schema(task, self.max_string_chars)
         messages = [{"role": "system", "content": instructions(task)}]
         if self.few_shot:
             for text, out in load_examples(task, self.examples_dir):
@@ -354,14 +364,14 @@ class LLMEngine:
         pending = list(range(len(texts)))
         for cap in (self.max_new_tokens, self.retry_max_new_tokens):
             cut = []
-            for batch in self._passes(ids, pending, cap, len(prepared.prefix_ids)):
-                outs = self._generate_pass(prepared, [ids[i] for i in batch], cap, constrained)
-                for i, (tokens, greedy_p, dists) in zip(batch, outs):
+            if pending:
+                outs = self._generate_pass(prepared, [ids[i] for i in pending], cap, constrained)
+                for i, (tokens, greedy_p, dists) in zip(pending, outs):
                     if tokens is None:
                         cut.append(i)
                     else:
                         results[i] = self._parse(prepared, texts[i], tokens, greedy_p, dists)
-            pending = sorted(cut)
+            pending = cut
             if not pending or cap == self.retry_max_new_tokens:
                 break
             log.info("topic %s: %d outputs reached %d tokens; retrying them with %d", task_name,
@@ -370,31 +380,105 @@ class LLMEngine:
             results[i] = LLMTruncated(f"output still cut off at {self.retry_max_new_tokens} new tokens")
         return results  # type: ignore[return-value]
 
-    def _passes(self, ids: list[list[int]], indices: list[int], cap: int, prefix: int = 0) -> list[list[int]]:
-        """Indices sorted by prompt length, cut so a pass holds at most `max_batch` rows and at
-        most `max_tokens` tokens (prefix + longest prompt + cap, per row)."""
-        order = sorted(indices, key=lambda i: len(ids[i]))
-        passes: list[list[int]] = []
-        batch: list[int] = []
-        for i in order:
-            longest = prefix + len(ids[i]) + cap
-            if batch and (len(batch) >= self.max_batch or (len(batch) + 1) * longest > self.max_tokens):
-                passes.append(batch)
-                batch = []
-            batch.append(i)
-        if batch:
-            passes.append(batch)
-        return passes
+    def rows_per_step(self, prefix: int, longest_prompt: int, cap: int) -> int:
+        """Rows decoded together: `max_batch`, fewer when rows x (prefix + longest prompt + cap)
+        would pass `max_tokens` (the KV cache's size)."""
+        return max(1, min(self.max_batch, self.max_tokens // max(1, prefix + longest_prompt + cap)))
 
     @torch.inference_mode()
     def _generate_pass(self, prepared: _Prepared, prompts: list[list[int]], cap: int, constrained: bool):
-        """Greedy generation of one left-padded pass: per row (generated tokens up to the stop
-        token, or None when the cap cut it off; greedy-token probabilities; label distributions)."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        """Greedy decoding of all `prompts`, continuously batched: up to `rows_per_step` rows
+        step together; a row that wrote its stop token (or reached `cap`) leaves the batch at
+        once and the next prompts (shortest first) take the free places, so no row waits for
+        the longest output of its batch. Per prompt: (generated tokens up to the stop token, or
+        None when the cap cut it off; greedy-token probabilities; label distributions).
 
-        # [shared prefix][left padding][text's own tokens]: the padding sits between the prefix
-        # and each row's tokens, masked out; positions come from the mask's running sum, so each
-        # row sees exactly the positions it has alone. The prefix's KV cache is reused as is.
+        The KV cache holds [shared prefix][left padding][row's own tokens] per row; padding is
+        masked out and each row's positions count only its real tokens, so a row's logits are
+        those it would get alone (up to floating-point summation order)."""
+        constrained = constrained and prepared.matcher is not None
+        prefix = len(prepared.prefix_ids)
+        limit = self.rows_per_step(prefix, max(len(p) for p in prompts), cap)
+        refill_at = max(1, limit // 4)  # free places before a prefill: fewer, larger prefills
+        queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        stops = set(self.stop_ids)
+        bitmask = None
+        if constrained:
+            import xgrammar as xgr
+
+            bitmask = xgr.allocate_token_bitmask(limit, self.vocab_size)
+        results: list = [None] * len(prompts)
+        rows: list[_Row] = []
+        cache = mask = logits = None
+        stats = {"steps": 0, "row_steps": 0, "prefills": 0, "max_rows": 0, "grammar_s": 0.0,
+                 "forward_s": 0.0}
+        while queue or rows:
+            if queue and (not rows or limit - len(rows) >= refill_at):
+                take, queue = queue[: limit - len(rows)], queue[limit - len(rows):]
+                started = time.perf_counter()
+                new_cache, new_mask, new_logits = self._prefill(prepared, [prompts[i] for i in take])
+                stats["forward_s"] += time.perf_counter() - started
+                stats["prefills"] += 1
+                rows += [_Row(i, prefix + len(prompts[i]), prepared.matcher.fork() if constrained else None)
+                         for i in take]
+                if cache is None:
+                    cache, mask, logits = new_cache, new_mask, new_logits
+                else:
+                    mask = _widen(cache, mask, prefix, new_mask.shape[1] - mask.shape[1])
+                    new_mask = _widen(new_cache, new_mask, prefix, mask.shape[1] - new_mask.shape[1])
+                    _concat_cache(cache, new_cache)
+                    mask = torch.cat([mask, new_mask])
+                    logits = torch.cat([logits, new_logits])
+            stats["max_rows"] = max(stats["max_rows"], len(rows))
+            next_ids, greedy_p, tops = self._choose(prepared, rows, logits, bitmask, stats)
+            keep = []
+            for k, row in enumerate(rows):
+                token = next_ids[k]
+                if len(row.tokens) < prepared.label_steps:
+                    row.dists.append(tops.pop(0))
+                row.tokens.append(token)
+                row.greedy_p.append(greedy_p[k])
+                if token in stops:
+                    results[row.index] = (row.tokens[:-1], row.greedy_p[:-1], row.dists)
+                elif len(row.tokens) >= cap:
+                    results[row.index] = (None, None, None)
+                else:
+                    if row.matcher is not None:
+                        row.matcher.accept_token(token)
+                    keep.append(k)
+            stats["steps"] += 1
+            stats["row_steps"] += len(rows)
+            if len(keep) < len(rows):
+                rows = [rows[k] for k in keep]
+                if not rows:
+                    cache = mask = logits = None
+                    continue
+                index = torch.tensor(keep, device=mask.device)
+                _map_cache(cache, lambda t: t.index_select(0, index))
+                mask = mask.index_select(0, index)
+                gap = int(mask[:, prefix:].any(dim=0).int().argmax())  # padding every row has
+                if gap:
+                    _map_cache(cache, lambda t: torch.cat([t[:, :, :prefix], t[:, :, prefix + gap:]], dim=2))
+                    mask = torch.cat([mask[:, :prefix], mask[:, prefix + gap:]], dim=1)
+                next_ids = [next_ids[k] for k in keep]
+            started = time.perf_counter()
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            positions = torch.tensor([[row.length] for row in rows], device=self.device)
+            out = self.model(input_ids=torch.tensor([[t] for t in next_ids], device=self.device),
+                             attention_mask=mask, position_ids=positions, past_key_values=cache,
+                             use_cache=True)
+            logits = out.logits[:, -1]
+            for row in rows:
+                row.length += 1
+            stats["forward_s"] += time.perf_counter() - started
+        self.last_pass = stats
+        return results
+
+    def _prefill(self, prepared: _Prepared, prompts: list[list[int]]):
+        """The prompts' forward pass (left-padded after the shared prefix, whose KV cache is
+        reused): their cache, mask and next-token logits."""
+        from transformers import DynamicCache
+
         prefix = prepared.prefix_ids
         longest = max(len(p) for p in prompts)
         width = len(prefix) + longest
@@ -405,36 +489,56 @@ class LLMEngine:
         for row, p in enumerate(prompts):
             input_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[row, width - len(p):] = 1
-        extra = {}
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, start = DynamicCache(), 0
         if prepared.prefix_cache is not None:
             try:
                 cache = copy.deepcopy(prepared.prefix_cache)
                 if len(prompts) > 1:
                     cache.batch_repeat_interleave(len(prompts))
-                extra["past_key_values"] = cache
+                start = len(prefix)
             except (AttributeError, TypeError, NotImplementedError) as exc:  # a cache API that moved
                 log.warning("prefix KV cache unavailable with this transformers (%s): computing the "
                             "prefix in every pass", type(exc).__name__)
-                prepared.prefix_cache = None
-        recorder = _Recorder(prepared, len(prompts), self.vocab_size, constrained)
-        config = GenerationConfig(max_new_tokens=cap, do_sample=False, num_beams=1,
-                                  eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                  generation_config=config, logits_processor=LogitsProcessorList([recorder]),
-                                  **extra)
-        generated = out[:, width:].cpu()
-        greedy = torch.stack(recorder.greedy_p, dim=1) if recorder.greedy_p else None
-        stops = set(self.stop_ids)
-        rows = []
-        for row in range(len(prompts)):
-            tokens = generated[row].tolist()
-            end = next((k for k, t in enumerate(tokens) if t in stops), None)
-            if end is None:
-                rows.append((None, None, None))
-                continue
-            dists = [step[row] for step in recorder.label_dists]
-            rows.append((tokens[:end], greedy[row, :end].tolist(), dists))
-        return rows
+                prepared.prefix_cache, cache = None, DynamicCache()
+        mask = mask.to(self.device)
+        out = self.model(input_ids=input_ids[:, start:].to(self.device), attention_mask=mask,
+                         position_ids=positions[:, start:].to(self.device), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        return cache, mask, out.logits[:, -1]
+
+    def _choose(self, prepared: _Prepared, rows: list[_Row], logits: torch.Tensor, bitmask, stats):
+        """Each row's next token under its grammar (greedy), that token's probability, and for
+        rows still in their label steps the 64 likeliest tokens (under the grammar a label step
+        allows fewer than that, so this is the whole support)."""
+        scores = logits.float()
+        if bitmask is not None:
+            started = time.perf_counter()
+            for k, row in enumerate(rows):
+                row.matcher.fill_next_token_bitmask(bitmask, k)
+            mask = bitmask[: len(rows)]
+            if scores.device.type == "cpu":
+                self._xgr().apply_token_bitmask_inplace(scores, mask)
+            elif scores.device.type == "cuda":
+                self._xgr().apply_token_bitmask_inplace(scores, mask.to(scores.device))
+            else:
+                host = scores.cpu()
+                self._xgr().apply_token_bitmask_inplace(host, mask)
+                scores = host.to(scores.device)
+            stats["grammar_s"] += time.perf_counter() - started
+        probs = torch.softmax(scores, dim=-1)
+        greedy_p, next_ids = probs.max(dim=-1)
+        labelling = [k for k, row in enumerate(rows) if len(row.tokens) < prepared.label_steps]
+        tops = []
+        if labelling:
+            top = torch.topk(probs[labelling], min(64, probs.shape[-1]), dim=-1)
+            tops = list(zip(top.indices.cpu().tolist(), top.values.cpu().tolist()))
+        return next_ids.cpu().tolist(), greedy_p.cpu().tolist(), tops
+
+    def _xgr(self):
+        import xgrammar as xgr
+
+        return xgr
 
     def _parse(self, prepared: _Prepared, text: str, tokens: list[int], greedy_p: list[float],
                dists) -> LLMResult | LLMOutputError:

@@ -31,17 +31,22 @@ def load_field_record(schema_dir: Path, name: str) -> dict:
     return record
 
 
-def json_schema(avro_record: dict) -> dict:
+def json_schema(avro_record: dict, max_string_chars: int | None = None) -> dict:
     """The JSON Schema of an Avro record's values: an object with every field required (a
     nullable field is present with null), no extra properties, properties in the record's
-    field order (the order the LLM writes them in)."""
-    return _type(avro_record, avro_record.get("name", "record"))
+    field order (the order the LLM writes them in). Free-text strings get a `maxLength`: a
+    field's own `"maxLength"` attribute, else `max_string_chars` (None: no cap), so a model that
+    rambles is made to close the string instead of running into the token cap."""
+    return _type(avro_record, avro_record.get("name", "record"), max_string_chars)
 
 
-def _type(avro, where: str) -> dict:
+def _type(avro, where: str, max_chars: int | None = None) -> dict:
     if isinstance(avro, str):
         if avro in _PRIMITIVES:
-            return dict(_PRIMITIVES[avro])
+            out = dict(_PRIMITIVES[avro])
+            if out.get("type") == "string" and max_chars:
+                out["maxLength"] = max_chars
+            return out
         if avro == "null":
             return {"type": "null"}
         raise FieldSchemaError(f"{where}: named type reference {avro!r} is not supported")
@@ -49,7 +54,7 @@ def _type(avro, where: str) -> dict:
         branches = [b for b in avro if b != "null"]
         if len(branches) != 1 or len(avro) != 2:
             raise FieldSchemaError(f"{where}: only [\"null\", T] unions are supported, got {avro}")
-        inner = _type(branches[0], where)
+        inner = _type(branches[0], where, max_chars)
         return {"anyOf": [inner, {"type": "null"}]}
     if not isinstance(avro, dict):
         raise FieldSchemaError(f"{where}: not an Avro type: {avro!r}")
@@ -57,14 +62,15 @@ def _type(avro, where: str) -> dict:
     if kind == "enum":
         return {"type": "string", "enum": list(avro["symbols"])}
     if kind == "record":
-        props = {f["name"]: _described(_type(f["type"], f"{where}.{f['name']}"), f.get("doc"))
+        props = {f["name"]: _described(_type(f["type"], f"{where}.{f['name']}",
+                                             f.get("maxLength", max_chars)), f.get("doc"))
                  for f in avro["fields"]}
         return {"type": "object", "properties": props, "required": list(props),
                 "additionalProperties": False}
     if kind == "array":
-        return {"type": "array", "items": _type(avro["items"], f"{where}[]")}
+        return {"type": "array", "items": _type(avro["items"], f"{where}[]", max_chars)}
     if isinstance(kind, (str, list)) and not avro.get("logicalType"):
-        return _type(kind, where)
+        return _type(kind, where, avro.get("maxLength", max_chars))
     raise FieldSchemaError(f"{where}: Avro type {kind!r} is not supported")
 
 

@@ -73,15 +73,29 @@ def test_batched_equals_one_at_a_time_and_prefix_cache_equals_none(llm, tiny_dir
     assert [key(r) for r in no_cache.generate(TEXTS, "tickets")] == batched
 
 
-def test_passes_respect_rows_and_tokens_and_sort_by_length(llm):
-    ids = [[0] * n for n in (30, 5, 20, 10, 40)]
-    passes = llm._passes(ids, list(range(5)), cap=10, prefix=0)
-    assert [i for p in passes for i in p] == [1, 3, 2, 0, 4]  # shortest first
-    assert all(len(p) <= llm.max_batch for p in passes)
-    llm_small = LLMEngine.__new__(LLMEngine)
-    llm_small.max_batch, llm_small.max_tokens = 8, 100
-    for p in llm_small._passes(ids, list(range(5)), cap=10, prefix=0):
-        assert len(p) * (max(len(ids[i]) for i in p) + 10) <= 100 or len(p) == 1
+def test_continuous_batching_refills_finished_rows_within_the_limits(tiny_dir):
+    """A row that finished leaves the batch and the next text takes its place: with 2 places and
+    6 texts there are several prefills, never more than 2 rows, and fewer steps than if each
+    pair of texts had waited for its longer output; results still equal one-at-a-time."""
+    two = engine(tiny_dir, max_batch=2)
+    key = lambda r: (r.classification.label, round(r.classification.score, 4), r.fields)  # noqa: E731
+    results = two.generate(TEXTS, "tickets")
+    stats = two.last_pass
+    assert stats["max_rows"] == 2 and stats["prefills"] >= 3
+    lengths = [r.output_tokens for r in results]
+    assert stats["row_steps"] == sum(lengths)  # every row stepped exactly up to its stop token
+    by_prompt = sorted(range(len(TEXTS)), key=lambda i: len(two.prompt_ids("tickets", [TEXTS[i]])[0]))
+    static = sum(max(lengths[i] for i in by_prompt[k:k + 2]) for k in range(0, len(TEXTS), 2))
+    assert stats["steps"] <= static
+    assert [key(r) for r in results] == [key(two.generate([t], "tickets")[0]) for t in TEXTS]
+
+
+def test_rows_per_step_respects_the_token_budget(llm):
+    small = LLMEngine.__new__(LLMEngine)
+    small.max_batch, small.max_tokens = 8, 100
+    assert small.rows_per_step(prefix=0, longest_prompt=40, cap=10) == 2
+    assert small.rows_per_step(prefix=0, longest_prompt=400, cap=10) == 1  # one row always fits
+    assert llm.rows_per_step(prefix=0, longest_prompt=1, cap=1) == llm.max_batch
 
 
 def test_cut_off_output_is_retried_with_the_larger_cap_then_fails(tiny_dir, monkeypatch):

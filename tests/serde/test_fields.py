@@ -60,3 +60,15 @@ def test_missing_or_wrong_file(tmp_path):
     (tmp_path / "fields" / "E.avsc").write_text(json.dumps({"type": "enum", "name": "E", "symbols": ["a"]}))
     with pytest.raises(FieldSchemaError, match="not an Avro record"):
         load_field_record(tmp_path, "E")
+
+
+def test_free_text_strings_get_a_length_cap_and_a_field_may_set_its_own():
+    record = {"type": "record", "name": "R", "fields": [
+        {"name": "summary", "type": "string"},
+        {"name": "code", "type": ["null", "string"], "maxLength": 12},
+        {"name": "kind", "type": {"type": "enum", "name": "K", "symbols": ["a", "b"]}}]}
+    props = json_schema(record, max_string_chars=200)["properties"]
+    assert props["summary"]["maxLength"] == 200
+    assert props["code"]["anyOf"][0]["maxLength"] == 12
+    assert "maxLength" not in props["kind"]  # an enum is bounded already
+    assert "maxLength" not in json_schema(record)["properties"]["summary"]
