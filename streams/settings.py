@@ -158,10 +158,10 @@ class Settings(BaseSettings):
     llm_max_new_tokens: int = Field(192, ge=8, description="token cap of one output")
     llm_retry_max_new_tokens: int = Field(384, ge=8, description="cap of the one retry of an output "
                                                                  "the first cap cut off; then llm_truncated")
-    llm_max_string_chars: int = Field(200, ge=0, description="maxLength of every free-text string the "
+    llm_max_string_chars: int = Field(120, ge=0, description="maxLength of every free-text string the "
                                       "LLM writes (string fields, entity texts) unless the field "
                                       "record sets its own \"maxLength\"; 0: no cap")
-    llm_batch: int = Field(8, ge=1, description="rows decoded together (continuous batching: a "
+    llm_batch: int = Field(16, ge=1, description="rows decoded together (continuous batching: a "
                                                 "finished row is replaced by the next text)")
     llm_max_tokens_per_pass: int = Field(16384, ge=256, description="cap on (prompt + new) tokens x "
                                                                       "rows decoded together")

@@ -223,7 +223,7 @@ class LLMEngine:
     def __init__(self, model, tokenizer, device: torch.device, info: ModelInfo, *,
                  max_new_tokens: int = 160, retry_max_new_tokens: int = 320, max_batch: int = 16,
                  max_tokens: int = 16384, few_shot: bool = False, constrained: bool = True,
-                 prefix_cache: bool = True, max_string_chars: int | None = 200,
+                 prefix_cache: bool = True, max_string_chars: int | None = 120,
                  examples_dir: Path = EXAMPLES_DIR, load_seconds: float = 0.0,
                  on_dropped_spans: Callable[[str, int], None] | None = None):
         self.model = model
