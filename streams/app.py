@@ -20,7 +20,7 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
-from .agent import AgentSource, install_undecodable_guard
+from .agent import AgentSource, EagerTransport, install_undecodable_guard
 from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
@@ -48,6 +48,10 @@ class _App(faust.App):
 
 class _AgentApp(faust.App):
     BootStrategy = _AgentOnly
+
+    def _new_transport(self):
+        """Faust's aiokafka transport with `streams.agent.EagerConsumer`."""
+        return EagerTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         """Faust waits here until every event handed to the agent is acked (the batch in
