@@ -63,6 +63,7 @@ class _AgentApp(faust.App):
             await super().on_stop()
         finally:
             guard.cancel()
+        log.info("agent stopped after %d batches; acked offsets committed", self.source.batches)
 
 
 def faust_credentials(settings: Settings):
