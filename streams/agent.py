@@ -211,6 +211,18 @@ def to_record(message) -> InRecord:
                     _headers(message.headers))
 
 
+def brokers_up(consumer) -> int | None:
+    """Brokers Faust's aiokafka consumer has an open connection to (what /readyz reports as
+    `broker_reachable`; librdkafka's statistics give the other source the same count); None
+    before the consumer started. A broker that went away closes its connections at once, and
+    aiokafka's reconnects fail while it is down."""
+    client = getattr(getattr(getattr(consumer, "_thread", None), "_consumer", None), "_client", None)
+    if client is None:
+        return None
+    conns = list(client._conns.items())  # the consumer thread's dict: a copy, not an iterator
+    return sum(1 for (node, _group), conn in conns if node != "bootstrap" and conn.connected())
+
+
 def _exit(status: int) -> None:
     logging.shutdown()
     os._exit(status)
@@ -334,6 +346,9 @@ class AgentSource:
             consumer = app._consumer
             if consumer is None or self.runtime is None:
                 continue
+            up = brokers_up(consumer)
+            if up is not None:
+                self.state.brokers_up = up
             lag = {}
             with self.state.lock:
                 assigned, progress = list(self.state.assigned), dict(self.state.progress)
