@@ -118,6 +118,34 @@ def install_undecodable_guard() -> None:
     fetcher.PartitionRecords._streams_guarded = True
 
 
+def install_leave_group_on_generation_zero() -> None:
+    """aiokafka 0.14 sends LeaveGroup on close only for a generation above 0
+    (`GroupCoordinator._maybe_leave_group`), taking 0 for "never joined"; "never joined" is
+    -1, and a broker may hand out generation 0 (tansu does). A stopped agent then stays in its
+    group until the session times out, so `streams offsets reset` right after stopping it is
+    refused. This leaves for any joined generation (>= 0 with a member id)."""
+    from aiokafka.consumer import group_coordinator as gc
+
+    coordinator = gc.GroupCoordinator
+    if getattr(coordinator, "_streams_leaves_gen0", False):
+        return
+    original = coordinator._maybe_leave_group
+
+    async def _maybe_leave_group(self):
+        if (self.generation == 0 and self._group_instance_id is None
+                and self.member_id != gc.JoinGroupRequest.UNKNOWN_MEMBER_ID):
+            try:  # the original's minimal-effort request, for generation 0
+                await self._send_req(gc.LeaveGroupRequest(self.group_id, self.member_id))
+            except gc.Errors.KafkaError as err:
+                log.warning("LeaveGroup request failed: %s", err)
+            self.reset_generation()
+            return
+        await original(self)
+
+    coordinator._maybe_leave_group = _maybe_leave_group
+    coordinator._streams_leaves_gen0 = True
+
+
 class _OneBatch:
     def __init__(self, batch):
         self._batch = batch

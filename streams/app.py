@@ -20,7 +20,8 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
-from .agent import AgentSource, EagerTransport, install_undecodable_guard
+from .agent import (AgentSource, EagerTransport, install_leave_group_on_generation_zero,
+                    install_undecodable_guard)
 from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
@@ -158,6 +159,7 @@ def create_app(settings: Settings) -> faust.App:
 def _add_agent(app: faust.App, settings: Settings) -> None:
     source: AgentSource = app.source
     install_undecodable_guard()
+    install_leave_group_on_generation_zero()
     for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
         topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
 
