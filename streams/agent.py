@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from mode import Service
 from mode.services import WaitResults
 
 from .consume import ConsumerState
@@ -184,8 +185,8 @@ class _Resume:
                     return done.value
 
 
-class EagerConsumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer with a cheaper hand-over of each fetched message.
+class EagerWaitFirst(Service):
+    """`Service.wait_first` that runs a coroutine first argument inline until it waits.
 
     `Consumer._drain_messages` (faust/transport/consumer.py ~1220) hands every message to the
     streams with `await self.wait_first(callback(message), self.suspend_flow.wait())`: four
@@ -211,6 +212,10 @@ class EagerConsumer(aiokafka_driver.Consumer):
                 return WaitResults([], [], True)
             return WaitResults([first], [exc.value], False)
         return await super().wait_first(_Resume(first, blocker), *coros[1:], timeout=timeout)
+
+
+class EagerConsumer(EagerWaitFirst, aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer with the cheaper hand-over of each message (`EagerWaitFirst`)."""
 
 
 class EagerTransport(aiokafka_driver.Transport):
