@@ -50,7 +50,8 @@ run-llm: setup
 # The worker tests once more with the Faust agent as the source (docs/sources.md);
 # tests/integration/test_agent.py runs both sources in the first pass already.
 FAUST_SOURCE_TESTS = tests/integration/test_worker.py tests/integration/test_health.py \
-	tests/integration/test_poison.py tests/integration/test_poison_wire.py tests/integration/test_dependencies.py
+	tests/integration/test_poison.py tests/integration/test_poison_wire.py tests/integration/test_dependencies.py \
+	tests/integration/test_offsets_reset.py::test_live_worker_is_refused_while_running_and_replays_the_window_after_a_reset
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -20,7 +20,8 @@ import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
-from .agent import AgentSource, install_undecodable_guard
+from .agent import (AgentSource, EagerTransport, install_leave_group_on_generation_zero,
+                    install_undecodable_guard)
 from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
@@ -49,6 +50,10 @@ class _App(faust.App):
 class _AgentApp(faust.App):
     BootStrategy = _AgentOnly
 
+    def _new_transport(self):
+        """Faust's aiokafka transport with `streams.agent.EagerConsumer`."""
+        return EagerTransport(self.conf.broker_consumer, self)
+
     async def on_stop(self) -> None:
         """Faust waits here until every event handed to the agent is acked (the batch in
         flight finishes and is committed); past the grace period, exit 70 without it."""
@@ -59,6 +64,7 @@ class _AgentApp(faust.App):
             await super().on_stop()
         finally:
             guard.cancel()
+        log.info("agent stopped after %d batches; acked offsets committed", self.source.batches)
 
 
 def faust_credentials(settings: Settings):
@@ -153,6 +159,7 @@ def create_app(settings: Settings) -> faust.App:
 def _add_agent(app: faust.App, settings: Settings) -> None:
     source: AgentSource = app.source
     install_undecodable_guard()
+    install_leave_group_on_generation_zero()
     for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
         topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
 

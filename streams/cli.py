@@ -376,7 +376,8 @@ def bench(
     table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
     if "int8" in r:
         table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
-    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op)"),
+    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
+                      ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
                       ("end_to_end_traced", "end-to-end, traced")):
         if key not in r:
             continue

@@ -99,3 +99,104 @@ def test_the_agent_consumer_gets_the_same_security_as_the_librdkafka_clients():
     assert tls["security_protocol"] == "SASL_SSL" and tls["ssl_context"] is not None
     assert credentials_to_aiokafka_auth(faust_credentials(Settings(kafka_security_protocol="SSL")))[
         "security_protocol"] == "SSL"
+
+
+# -- EagerWaitFirst: Faust's per-message hand-over, without four tasks per event ---------------
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_eager_wait_first_finishes_a_callback_that_does_not_wait_inline():
+    import asyncio
+    import warnings
+
+    from streams.agent import EagerWaitFirst
+
+    async def main():
+        service = EagerWaitFirst()
+        flow = asyncio.Event()
+        tasks_before = len(asyncio.all_tasks())
+
+        async def callback():
+            return len(asyncio.all_tasks())  # no task of its own: runs in the caller's
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the unstarted flow.wait() is closed, not leaked
+            result = await service.wait_first(callback(), flow.wait())
+        return tasks_before, result
+
+    tasks_before, result = _run(main())
+    assert result.done and not result.stopped and result.results == [tasks_before]
+
+
+def test_eager_wait_first_hands_a_callback_that_waits_to_faust_and_returns_its_result():
+    import asyncio
+
+    from streams.agent import EagerWaitFirst
+
+    async def main():
+        service = EagerWaitFirst()
+        flow = asyncio.Event()
+        room = asyncio.get_running_loop().create_future()
+
+        async def callback():
+            value = await room  # a full stream buffer
+            return value * 2
+
+        asyncio.get_running_loop().call_later(0.05, room.set_result, 21)
+        return await service.wait_first(callback(), flow.wait())
+
+    result = _run(main())
+    assert result.results == [42] and not result.stopped
+
+
+def test_eager_wait_first_cancels_a_waiting_callback_when_the_flow_is_suspended():
+    import asyncio
+
+    from streams.agent import EagerWaitFirst
+
+    seen = []
+
+    async def main():
+        service = EagerWaitFirst()
+        flow = asyncio.Event()
+
+        async def callback():
+            try:
+                await asyncio.get_running_loop().create_future()  # never has room
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        asyncio.get_running_loop().call_later(0.05, flow.set)  # a rebalance suspends the flow
+        result = await service.wait_first(callback(), flow.wait())
+        await asyncio.sleep(0)
+        return result
+
+    result = _run(main())
+    assert result.results == [True] and seen == ["cancelled"]
+
+
+def test_eager_wait_first_propagates_a_callback_error():
+    import asyncio
+
+    from streams.agent import EagerWaitFirst
+
+    async def main():
+        async def callback():
+            raise KeyError("no callback for this partition")
+
+        await EagerWaitFirst().wait_first(callback(), asyncio.Event().wait())
+
+    with pytest.raises(KeyError):
+        _run(main())
+
+
+def test_the_agent_app_consumes_through_the_eager_consumer():
+    from streams.agent import EagerConsumer
+
+    app = create_app(Settings(source="faust"))
+    assert app.transport.Consumer is EagerConsumer

@@ -33,6 +33,14 @@ def test_check_flags_a_low_stream_ceiling():
     assert bench.check(low, BOUNDS) == ["stream ceiling 7636/s < 10000/s"]
 
 
+def test_check_flags_a_low_faust_agent_ceiling_against_its_own_bound():
+    both = BOUNDS | {"stream_ceiling_faust_events_per_s": 6000}
+    ok = results() | {"stream_ceiling_faust": {"events_per_s": 6000.0}}
+    assert bench.check(ok, both) == []
+    low = results() | {"stream_ceiling_faust": {"events_per_s": 5200.0}}
+    assert bench.check(low, both) == ["stream ceiling (Faust agent) 5200/s < 6000/s"]
+
+
 def test_mean_run_keeps_each_run():
     mean = bench._mean_run([{"events_per_s": 90.0, "p50_ms": 10.0}, {"events_per_s": 100.0, "p50_ms": 20.0}])
     assert mean == {"events_per_s": 95.0, "p50_ms": 15.0, "runs_events_per_s": [90.0, 100.0]}

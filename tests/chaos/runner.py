@@ -11,7 +11,11 @@ records, enriches it, waits for the broker's acknowledgement of every output, th
 (synchronously) before it takes the next. Records librdkafka prefetched (STREAMS_MAX_IN_FLIGHT)
 have produced nothing yet, so a killed worker re-delivers them without duplicating anything.
 What a kill can duplicate is the batch produced but not yet committed: at most MAX_BATCH
-outputs per kill. A worker that stops on SIGTERM finishes and commits its batch: 0."""
+outputs per kill. A worker that stops on SIGTERM finishes and commits its batch: 0.
+
+`--source faust` runs the same scenarios against the Faust agent (docs/sources.md), whose
+window is wider: Faust commits the acked offsets every second or every 4 x MAX_BATCH acks, so
+a kill can also duplicate what was acked since its last commit (`kill_window`)."""
 
 from __future__ import annotations
 
@@ -67,9 +71,22 @@ def seed_from(argv: list[str] | None = None) -> int:
     return random.SystemRandom().randrange(2**32)
 
 
+SOURCES = ("librdkafka", "faust")
+
+
 def _scenario(ctx, **env) -> Scenario:
     return Scenario(ctx["bootstrap"], ctx["models"], ctx["cache"], ctx["logs"],
-                    extra_env={k: str(v) for k, v in (CHAOS_ENV | env).items()})
+                    extra_env={k: str(v) for k, v in (CHAOS_ENV | {"STREAMS_SOURCE": ctx["source"]}
+                                                      | env).items()})
+
+
+def kill_window(settings) -> int:
+    """Outputs a SIGKILL can duplicate: delivered, not yet committed. librdkafka commits each
+    batch: the batch in flight. Faust: also the acks since its last commit (`broker_commit_every`,
+    4 x max_batch) and its stream buffer (streams/app.py `_faust_settings`)."""
+    if settings.source == "librdkafka":
+        return settings.max_batch
+    return 4 * settings.max_batch + max(2 * settings.max_batch, settings.max_in_flight) + settings.max_batch
 
 
 def _until(worker: WorkerProcess, done):
@@ -112,7 +129,7 @@ def landed_mid_batch(messages: list[str]) -> str | None:
         return "no batch finished after the stop request: the SIGTERM landed between batches"
     if any(m.startswith("commit failed") for m in after):
         return "the batch in flight was not committed"
-    if not any(m.startswith("worker loop stopped") for m in after[batch + 1:]):
+    if not any(m.startswith(("worker loop stopped", "agent stopped")) for m in after[batch + 1:]):
         return "the loop did not stop after finishing the batch"
     return None
 
@@ -163,12 +180,12 @@ def kill_three_times(ctx, n: int, rng: random.Random) -> Outcome:
     _exited(final, "final", failures)
     final.stop()
     ids = got.enriched_ids
-    bound = kills * settings.max_batch
+    bound = kills * kill_window(settings)
     duplicates = len(got.enriched) - len(ids)
     return Outcome("SIGKILL x3", n, len(ids), len(got.dead), len({f"k-{i}" for i in range(n)} - ids),
                    duplicates, bound, time.monotonic() - started,
-                   f"duplicates {duplicates} <= bound {kills} kills x batch {settings.max_batch} "
-                   f"(prefetch {settings.max_in_flight} is not processed: no duplicates)", failures)
+                   f"duplicates {duplicates} <= bound {kills} kills x window {kill_window(settings)} "
+                   f"(batch {settings.max_batch}; prefetch is not processed)", failures)
 
 
 def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outcome:
@@ -189,9 +206,11 @@ def freeze_broker(ctx, n: int, broker: EmbeddedBroker, freeze_s: float) -> Outco
     # No kill: only the batch in flight at the freeze (<= MAX_BATCH outputs) can be duplicated,
     # twice at most: its outputs re-sent by the producer after the broker had written them
     # (a broker that does not de-duplicate idempotent retries), and the whole batch
-    # re-delivered when its commit fails because the freeze outlasted the session.
+    # re-delivered when its commit fails because the freeze outlasted the session (Faust:
+    # with what was acked since its last commit, `kill_window`).
+    bound = settings.max_batch + kill_window(settings)
     return Outcome(f"broker frozen {freeze_s:.0f}s", n, len(ids), len(got.dead),
-                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), 2 * settings.max_batch,
+                   len({f"f-{i}" for i in range(n)} - ids), len(got.enriched) - len(ids), bound,
                    time.monotonic() - started, "worker survived" if not failures else "WORKER DIED", failures)
 
 
@@ -264,21 +283,22 @@ def sigterm_mid_batch(ctx, n: int, grace_s: float, rng: random.Random) -> Outcom
 
 
 def run(events: int = 20_000, poison_events: int = 5_000, freeze_s: float = 20.0,
-        seed: int | None = None, console: Console | None = None) -> list[Outcome]:
+        seed: int | None = None, console: Console | None = None, source: str = "librdkafka",
+        sigterm_events: int = 400) -> list[Outcome]:
     console = console or Console(width=180)
     seed = seed_from() if seed is None else seed
-    console.print(f"chaos seed {seed} (replay this run with CHAOS_SEED={seed})")
+    console.print(f"chaos seed {seed} (replay this run with CHAOS_SEED={seed}), source {source}")
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         root = Path(tmp)
         with EmbeddedBroker(free_port(), log_path=root / "tansu.log") as broker:
             ctx = {"bootstrap": broker.bootstrap, "models": build_tiny_models(root / "models"),
-                   "cache": root / "cache", "logs": root}
+                   "cache": root / "cache", "logs": root, "source": source}
             outcomes = [kill_three_times(ctx, events, rng),
                         freeze_broker(ctx, max(1000, events // 4), broker, freeze_s),
                         poison_tenth(ctx, poison_events, rng),
-                        sigterm_mid_batch(ctx, 400, grace_s=20.0, rng=rng)]
-    table = Table(title="chaos suite (embedded tansu broker, tiny models)")
+                        sigterm_mid_batch(ctx, sigterm_events, grace_s=20.0, rng=rng)]
+    table = Table(title=f"chaos suite, source {source} (embedded tansu broker, tiny models)")
     for col in ("scenario", "sent", "enriched", "DLQ", "lost", "duplicates", "bound", "s", "result", "note"):
         table.add_column(col)
     for o in outcomes:
@@ -294,7 +314,14 @@ def run(events: int = 20_000, poison_events: int = 5_000, freeze_s: float = 20.0
 
 
 def main(argv: list[str]) -> int:
+    """[--quick] [--seed N] [--source librdkafka|faust|both] (default both, one after the other)."""
     quick = "--quick" in argv
-    outcomes = run(events=3000 if quick else 20_000, poison_events=1000 if quick else 5_000,
-                   freeze_s=20.0, seed=seed_from(argv))
-    return 0 if all(o.ok for o in outcomes) else 1
+    source = argv[argv.index("--source") + 1] if "--source" in argv else "both"
+    if source not in (*SOURCES, "both"):
+        raise SystemExit(f"--source {source}: use librdkafka, faust or both")
+    seed, ok = seed_from(argv), True
+    for each in SOURCES if source == "both" else (source,):
+        outcomes = run(events=3000 if quick else 20_000, poison_events=1000 if quick else 5_000,
+                       freeze_s=20.0, seed=seed, source=each)
+        ok = ok and all(o.ok for o in outcomes)
+    return 0 if ok else 1

@@ -251,3 +251,35 @@ def test_a_fatal_error_on_the_first_batch_of_a_fresh_group_commits_nothing(
     assert all(offset == 0 for offset in sampler.seen.values()), sampler.seen
     got = collect(settings, scenario, until=lambda c: False, timeout=12)
     assert not got.enriched and not got.dead
+
+
+@pytest.mark.parametrize("source", ["librdkafka", "faust"])
+def test_readiness_reports_a_broker_that_went_away(source, tiny_models, model_cache, tmp_path):
+    """/readyz says `broker_reachable: false` (503) once the broker is gone, on both sources
+    (librdkafka: its statistics; the Faust agent: aiokafka's open connections)."""
+    from streams.broker import EmbeddedBroker
+    from streams.kafka import ensure_topics
+    from tests.integration.test_health import _get as _get_json
+
+    with EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log") as own:
+        scenario = Scenario(own.bootstrap, tiny_models, model_cache, tmp_path,
+                            extra_env={"STREAMS_SOURCE": source})
+        ensure_topics(scenario.settings)
+        worker = WorkerProcess(scenario).start()
+        try:
+            deadline, status = time.monotonic() + 90, None
+            while time.monotonic() < deadline and status != 200:
+                try:
+                    status, body = _get_json(scenario.health_port, "/readyz")
+                except OSError:
+                    pass  # not listening yet
+                time.sleep(0.5)
+            assert status == 200 and body["broker_reachable"], worker.log()[-2000:]
+            own.stop()
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and body["broker_reachable"]:
+                time.sleep(1)
+                status, body = _get_json(scenario.health_port, "/readyz")
+            assert status == 503 and body["broker_reachable"] is False, body
+        finally:
+            worker.kill()
