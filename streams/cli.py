@@ -60,6 +60,9 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
     unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
     _use_configured_allocator()
+    # Join the consumer group now: librdkafka's threads do it (a few seconds of waiting on the
+    # coordinator, and the first fetches) while torch is imported and the models load.
+    early = _early_consumer(Settings())
     from faust.worker import Worker
 
     from .app import Runtime, app as faust_app, settings
@@ -73,13 +76,28 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
 
     try:
         faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
-    except (ModelLoadError, SchemaError) as exc:
-        _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - broker unreachable and the like
-        _fail(f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if early is not None:
+            early.close()  # leave the group at once, not after the session timeout
+        if isinstance(exc, (ModelLoadError, SchemaError)):
+            _fail(str(exc))
+        if isinstance(exc, Exception):  # broker unreachable and the like
+            _fail(f"{type(exc).__name__}: {exc}")
+        raise
+    faust_app.early_consumer = early
     if settings.source == "faust":
         _use_uvloop()
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _early_consumer(settings: Settings):
+    """The librdkafka source's consumer, subscribed before the heavy imports; None for the
+    Faust agent (Faust's consumer joins when Faust starts)."""
+    if settings.source != "librdkafka":
+        return None
+    from .consume import BatchConsumer
+
+    return BatchConsumer(settings, [r.input for r in settings.topics])
 
 
 def _use_uvloop() -> None:
