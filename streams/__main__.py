@@ -1,7 +1,9 @@
+import sys
+
 from .allocator import reexec_early
 
-reexec_early(__import__("sys").argv)  # before the CLI's imports: see streams/allocator.py
+reexec_early(sys.argv)  # before the CLI's imports: see streams/allocator.py
 
-from .cli import app  # noqa: E402
+from .cli import app
 
 app()
