@@ -300,34 +300,39 @@ def reference_command() -> list[str]:
     return [sys.executable, "-m", "streams.bench_reference"]
 
 
-def bench_latency(rate: float, duration: float, log_dir: Path) -> dict:
-    """The worker (ready, group joined) under a steady `rate` of events/s for `duration`
-    seconds: produce -> enriched latency per event, from the input record's timestamp to
-    the enriched record read back."""
+def bench_latency(rate: float, duration: float, log_dir: Path, warmup: float = 10.0) -> dict:
+    """The worker (ready, group joined) under a steady `rate` of events/s: produce -> enriched
+    latency per event, from the input record's timestamp to the enriched record read back,
+    for the events sent in the `duration` seconds after `warmup` seconds of the same load
+    (steady state: on CPU the first batches of each new shape are slower)."""
     with _worker_rig(log_dir, "latency") as rig:
         texts = sample_texts(256)
-        sent_ms: dict[bytes, int] = {}
+        sent = 0
+        counted = 0  # events sent after the warm-up
         start = time.monotonic()
         latencies: list[float] = []
         pending: dict[bytes, int] = {}
-        while (now := time.monotonic()) - start < duration:
-            while len(sent_ms) < int((now - start) * rate):
-                i = len(sent_ms)
-                key = f"l{i}".encode()
-                sent_ms[key] = pending[key] = now_ms = int(time.time() * 1000)
+        while (now := time.monotonic()) - start < warmup + duration:
+            while sent < int((now - start) * rate):
+                key = f"l{sent}".encode()
+                now_ms = int(time.time() * 1000)
+                if now - start >= warmup:
+                    pending[key] = now_ms
+                    counted += 1
                 rig.producer.produce(BENCH_TOPIC, key=key, timestamp=now_ms, value=json.dumps(
-                    {"event_id": f"l{i}", "text": texts[i % len(texts)]}).encode())
+                    {"event_id": f"l{sent}", "text": texts[sent % len(texts)]}).encode())
+                sent += 1
             rig.producer.poll(0)
             for msg in rig.reader.consume(100, 0.02):
-                sent = None if msg.error() else pending.pop(msg.key(), None)
-                if sent is not None:
-                    latencies.append(time.time() * 1000 - sent)
+                produced = None if msg.error() else pending.pop(msg.key(), None)
+                if produced is not None:
+                    latencies.append(time.time() * 1000 - produced)
         rig.producer.flush(10)
         latencies += _read_by_key(rig.reader, pending, 60)
     lat = np.array(latencies) if latencies else np.array([float("nan")])
-    return {"rate": rate, "duration_s": duration, "sent": len(sent_ms), "received": len(latencies),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "max_ms": float(lat.max())}
+    return {"rate": rate, "duration_s": duration, "warmup_s": warmup, "sent": counted,
+            "received": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
 
 
 def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float = 60.0) -> dict:

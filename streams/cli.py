@@ -427,7 +427,8 @@ def bench(
         console.print(launch)
     if "latency" in r:
         lat = r["latency"]
-        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s: "
+        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s "
+                      f"after {lat['warmup_s']:.0f} s of warm-up: "
                       f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
                       f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
                       f"one forward pass {lat['forward_pass_ms']:.0f} ms")
