@@ -138,8 +138,8 @@ def create_app(settings: Settings) -> faust.App:
                 app.runtime = await asyncio.to_thread(Runtime.load, settings)
             if agent:
                 app.source.attach(app.runtime)
-            else:
-                app.source = EnrichmentLoop(app.runtime).start()
+            else:  # `streams worker` subscribed a consumer early (cli._early_consumer)
+                app.source = EnrichmentLoop(app.runtime, getattr(app, "early_consumer", None)).start()
 
         async def on_stop(self) -> None:
             runner = app.source

@@ -229,6 +229,113 @@ def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, **e
             "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6}
 
 
+def _backlog(settings: Settings, n: int) -> None:
+    """`n` sample tickets waiting in the input topic (a worker restarted after an outage)."""
+    from .kafka import producer
+
+    prod = producer(settings, **{"log.connection.close": False})
+    for i, text in enumerate(sample_texts(n)):
+        prod.produce(BENCH_TOPIC, key=f"b{i}".encode(), value=json.dumps({"event_id": f"b{i}", "text": text}).encode())
+        prod.poll(0)
+    if prod.flush(60):
+        raise RuntimeError("the backlog was not acknowledged by the broker")
+
+
+def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], **env_extra: str) -> dict:
+    """`command` (the worker, or the reference loop) launched on a fresh embedded broker with
+    `n` tickets already waiting: seconds from process launch to the first and to the n-th
+    output read back, and events/s over the whole (launch to n-th output). The reader is
+    assigned the output partitions before the launch, so it joins no group and sees each
+    output as soon as the broker has it."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from .broker import EmbeddedBroker, free_port
+    from .kafka import consumer, ensure_topics
+
+    with EmbeddedBroker(free_port(), log_path=log_dir / f"bench-tansu-{name}.log") as broker:
+        settings = Settings(kafka_bootstrap=broker.bootstrap)
+        ensure_topics(settings)
+        _backlog(settings, n)
+        reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
+        reader.assign([TopicPartition(f"{BENCH_TOPIC}.enriched", p, OFFSET_BEGINNING)
+                       for p in range(settings.topic_partitions)])
+        env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": broker.bootstrap,
+                            "STREAMS_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+                            "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
+                            "STREAMS_HEALTH_PORT": str(free_port()), **env_extra}
+        pending = {f"b{i}".encode() for i in range(n)}
+        first = last = None
+        with (log_dir / f"bench-launch-{name}.log").open("wb") as log:
+            launched = time.monotonic()
+            proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = launched + 600
+                while pending and time.monotonic() < deadline and proc.poll() is None:
+                    for msg in reader.consume(min(1000, len(pending)), 0.1):
+                        if msg.error() or not msg.value() or msg.key() not in pending:
+                            continue
+                        pending.discard(msg.key())
+                        last = time.monotonic() - launched
+                        first = last if first is None else first
+                cpu = _cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
+            finally:
+                reader.close()
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    received = n - len(pending)
+    return {"events": n, "received": received,
+            "first_output_s": first if first is not None else float("inf"),
+            "last_output_s": last if last is not None and not pending else float("inf"),
+            "events_per_s": received / last if last and not pending else 0.0, "cpu_s": cpu}
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "streams", "worker", "--loglevel", "warning"]
+
+
+def reference_command() -> list[str]:
+    return [sys.executable, "-m", "streams.bench_reference"]
+
+
+def bench_latency(rate: float, duration: float, log_dir: Path, warmup: float = 10.0) -> dict:
+    """The worker (ready, group joined) under a steady `rate` of events/s: produce -> enriched
+    latency per event, from the input record's timestamp to the enriched record read back,
+    for the events sent in the `duration` seconds after `warmup` seconds of the same load
+    (steady state: on CPU the first batches of each new shape are slower)."""
+    with _worker_rig(log_dir, "latency") as rig:
+        texts = sample_texts(256)
+        sent = 0
+        counted = 0  # events sent after the warm-up
+        start = time.monotonic()
+        latencies: list[float] = []
+        pending: dict[bytes, int] = {}
+        while (now := time.monotonic()) - start < warmup + duration:
+            while sent < int((now - start) * rate):
+                key = f"l{sent}".encode()
+                now_ms = int(time.time() * 1000)
+                if now - start >= warmup:
+                    pending[key] = now_ms
+                    counted += 1
+                rig.producer.produce(BENCH_TOPIC, key=key, timestamp=now_ms, value=json.dumps(
+                    {"event_id": f"l{sent}", "text": texts[sent % len(texts)]}).encode())
+                sent += 1
+            rig.producer.poll(0)
+            for msg in rig.reader.consume(100, 0.02):
+                produced = None if msg.error() else pending.pop(msg.key(), None)
+                if produced is not None:
+                    latencies.append(time.time() * 1000 - produced)
+        rig.producer.flush(10)
+        latencies += _read_by_key(rig.reader, pending, 60)
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {"rate": rate, "duration_s": duration, "warmup_s": warmup, "sent": counted,
+            "received": len(latencies), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
+
+
 def bench_sustained(duration: float, rate: float, log_dir: Path, warmup: float = 60.0) -> dict:
     """The worker under a steady load for `duration` seconds; its RSS sampled every 2 s.
     Growth is measured from the end of warm-up (models loaded, allocator settled)."""
@@ -301,10 +408,16 @@ def _mean_run(runs: list[dict]) -> dict:
     return mean
 
 
+PARTS = ("throughput", "launch", "latency")
+
+
 def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = True,
-        rounds: int = 3, bounds: dict | None = None) -> dict:
+        rounds: int = 3, bounds: dict | None = None, parts: tuple[str, ...] = PARTS,
+        n_launch: int = 1000, latency_s: float = 60.0) -> dict:
     """All runs; the figures go to `out` (JSON) and a chart of them beside it (`out` with .png).
-    `bounds` marks the chart; by default the bounds.json next to `out` (bench/bounds.json)."""
+    `bounds` marks the chart; by default the bounds.json next to `out` (bench/bounds.json).
+    `parts`: throughput (engine, naive, reference, end to end after ready, ceiling), launch
+    (worker and reference loop from process launch), latency (p50/p99 at half the capacity)."""
     from .engine import Engine, LabelSet
 
     settings = Settings()
@@ -315,10 +428,51 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
     labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
     texts = sample_texts(n_engine)
     results = {"device": str(engine.device), "texts": n_engine, "batch": settings.model_batch,
-               "cpu_count": os.cpu_count()}
+               "cpu_count": os.cpu_count(), "ratios": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "throughput" in parts:
+        _run_throughput(results, engine, settings, texts, labels, n_stream, n_ceiling, out, traced, rounds)
+    if "launch" in parts:
+        _run_launch(results, n_launch, rounds, out.parent)
+    if "latency" in parts:
+        if "engine" not in results:
+            results["engine"] = bench_engine(engine, texts, labels, settings.max_batch)
+        # A forward pass: model_batch texts through both models, at the engine's measured rate.
+        pass_s = settings.model_batch / results["engine"]
+        rate = results["engine"] / 2
+        results["latency"] = bench_latency(rate, latency_s, out.parent) | {
+            "forward_pass_ms": pass_s * 1000, "batch_window_ms": settings.max_wait_s * 1000}
+    del engine
+    results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["chart"] = str(out.with_suffix(".png"))
+    out.write_text(json.dumps(results, indent=2))
+    if bounds is None and (out.parent / "bounds.json").exists():
+        bounds = json.loads((out.parent / "bounds.json").read_text())
+    plot(results, out.with_suffix(".png"), bounds)
+    return results
+
+
+def _run_launch(results: dict, n: int, rounds: int, log_dir: Path) -> None:
+    """Worker and reference loop from process launch, alternated over `rounds` rounds; each
+    figure is the median of its runs (one slow start-up must not decide a ratio)."""
+    ours, ref = [], []
+    for i in range(rounds):
+        ours.append(bench_from_launch(n, log_dir, f"worker-{i}", worker_command()))
+        ref.append(bench_from_launch(n, log_dir, f"reference-{i}", reference_command()))
+    for key, runs in (("from_launch", ours), ("reference_from_launch", ref)):
+        results[key] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]} | {
+            "runs_events_per_s": [r["events_per_s"] for r in runs],
+            "runs_first_output_s": [r["first_output_s"] for r in runs]}
+    ours, ref = results["from_launch"], results["reference_from_launch"]
+    results["ratios"]["from_launch/reference"] = ours["events_per_s"] / ref["events_per_s"] \
+        if ref["events_per_s"] else float("inf")
+    results["ratios"]["first_output_reference/ours"] = ref["first_output_s"] / ours["first_output_s"]
+
+
+def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_stream: int,
+                    n_ceiling: int, out: Path, traced: bool, rounds: int) -> None:
     results["naive"] = bench_pipelines(engine, texts, labels, 1)
     results["reference"] = bench_pipelines(engine, texts, labels, 32)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Engine, end to end and end to end traced, alternated over `rounds` rounds; each figure is
     # the mean of its runs. On a shared machine the same engine run varies by 10 % from minute
     # to minute: alternating keeps a slow minute from landing on one side of a ratio only.
@@ -330,7 +484,6 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
             traced_runs.append(bench_traced(n_stream, log_dir=out.parent))
     if engine.device.type == "cpu":
         results["int8"] = bench_int8(engine, settings, texts, labels, settings.max_batch)
-    del engine
     results["engine"] = float(np.mean(engine_runs))
     results["engine_runs_events_per_s"] = engine_runs
     results["end_to_end"] = _mean_run(plain_runs)
@@ -339,7 +492,7 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
                                              name="noop-librdkafka", STREAMS_SOURCE="librdkafka")
     results["stream_ceiling_faust"] = bench_stream(n_ceiling, noop=True, log_dir=out.parent,
                                                    name="noop-faust", STREAMS_SOURCE="faust")
-    results["ratios"] = {
+    results["ratios"] |= {
         "end_to_end/engine": results["end_to_end"]["events_per_s"] / results["engine"],
         "engine/naive": results["engine"] / results["naive"],
         "engine/reference": results["engine"] / results["reference"],
@@ -348,13 +501,6 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
         results["end_to_end_traced"] = _mean_run(traced_runs)
         results["ratios"]["traced/untraced"] = (results["end_to_end_traced"]["events_per_s"]
                                                 / results["end_to_end"]["events_per_s"])
-    results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["chart"] = str(out.with_suffix(".png"))
-    out.write_text(json.dumps(results, indent=2))
-    if bounds is None and (out.parent / "bounds.json").exists():
-        bounds = json.loads((out.parent / "bounds.json").read_text())
-    plot(results, out.with_suffix(".png"), bounds)
-    return results
 
 
 # Which run each ratio compares with which: the chart marks, on the numerator's bar, the
@@ -362,10 +508,14 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
 _RUNS = [("naive", "naive (batch 1)"), ("reference", "reference (pipelines, 32)"),
          ("engine", "engine"), ("int8", "engine, int8 (opt-in, CPU)"), ("end_to_end", "end-to-end"),
          ("end_to_end_traced", "end-to-end, traced"), ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
-         ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent")]
+         ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
+         ("from_launch", "end-to-end from launch"),
+         ("reference_from_launch", "reference loop from launch"),
+         ("latency", "at half capacity")]
 _RATIO_RUNS = {"end_to_end/engine": ("end_to_end", "engine"), "engine/naive": ("engine", "naive"),
                "engine/reference": ("engine", "reference"),
-               "traced/untraced": ("end_to_end_traced", "end_to_end")}
+               "traced/untraced": ("end_to_end_traced", "end_to_end"),
+               "from_launch/reference": ("from_launch", "reference_from_launch")}
 
 
 def _events_per_s(results: dict, key: str) -> float | None:
@@ -458,6 +608,19 @@ def check(results: dict, bounds: dict) -> list[str]:
         if key in results and results[key]["events_per_s"] < floor:
             source = " (Faust agent)" if key == "stream_ceiling_faust" else ""
             failures.append(f"stream ceiling{source} {results[key]['events_per_s']:.0f}/s < {floor}/s")
+    passes = bounds.get("latency_p99_forward_passes")
+    if passes and "latency" in results:
+        lat = results["latency"]
+        limit = lat["batch_window_ms"] + passes * lat["forward_pass_ms"]
+        if not lat["p99_ms"] <= limit:
+            failures.append(f"latency p99 {lat['p99_ms']:.0f} ms > batch window + {passes} forward "
+                            f"passes = {limit:.0f} ms")
+        if lat["received"] < lat["sent"]:
+            failures.append(f"latency run: {lat['received']} of {lat['sent']} events came back")
+    for key in ("from_launch", "reference_from_launch"):
+        if key in results and results[key]["received"] < results[key]["events"]:
+            failures.append(f"{key}: {results[key]['received']:.0f} of {results[key]['events']:.0f} "
+                            "events came back")
     return failures
 
 

@@ -60,6 +60,9 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
     unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
     _use_configured_allocator()
+    # Join the consumer group now: librdkafka's threads do it (a few seconds of waiting on the
+    # coordinator, and the first fetches) while torch is imported and the models load.
+    early = _early_consumer(Settings())
     from faust.worker import Worker
 
     from .app import Runtime, app as faust_app, settings
@@ -73,13 +76,28 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
 
     try:
         faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
-    except (ModelLoadError, SchemaError) as exc:
-        _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - broker unreachable and the like
-        _fail(f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if early is not None:
+            early.close()  # leave the group at once, not after the session timeout
+        if isinstance(exc, (ModelLoadError, SchemaError)):
+            _fail(str(exc))
+        if isinstance(exc, Exception):  # broker unreachable and the like
+            _fail(f"{type(exc).__name__}: {exc}")
+        raise
+    faust_app.early_consumer = early
     if settings.source == "faust":
         _use_uvloop()
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _early_consumer(settings: Settings):
+    """The librdkafka source's consumer, subscribed before the heavy imports; None for the
+    Faust agent (Faust's consumer joins when Faust starts)."""
+    if settings.source != "librdkafka":
+        return None
+    from .consume import BatchConsumer
+
+    return BatchConsumer(settings, [r.input for r in settings.topics])
 
 
 def _use_uvloop() -> None:
@@ -343,6 +361,11 @@ def bench(
     llm_naive: int = typer.Option(0, help="--engine llm: texts for the one-per-call run; 0: the "
                                           "same texts as the batched run (a fair ratio: a pass "
                                           "lasts as long as its longest output)"),
+    only: str = typer.Option("throughput,launch,latency", help="which parts: throughput (engine, "
+                             "reference, end to end after ready, ceiling), launch (worker and "
+                             "reference loop from process launch), latency (at half the capacity)"),
+    launch_events: int = typer.Option(1000, help="tickets waiting when the worker / reference loop is launched"),
+    latency_s: float = typer.Option(60.0, help="seconds of the half-capacity latency run"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     _use_configured_allocator()  # the engine runs measured here on the worker's allocator
@@ -367,13 +390,19 @@ def bench(
             raise typer.Exit(1)
         return
 
-    r = b.run(texts, events, ceiling_events, out, traced=traced, rounds=rounds)
+    parts = tuple(p.strip() for p in only.split(",") if p.strip())
+    if not parts or set(parts) - set(b.PARTS):
+        _fail(f"--only {only!r}: a comma-separated list of {', '.join(b.PARTS)}")
+    r = b.run(texts, events, ceiling_events, out, traced=traced, rounds=rounds, parts=parts,
+              n_launch=launch_events, latency_s=latency_s)
     table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
     for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
         table.add_column(col, justify="right" if col != "run" else "left")
-    table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
-    table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
-    table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
+    if "engine" in r:
+        table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
+    if "naive" in r:
+        table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
+        table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
     if "int8" in r:
         table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
     for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
@@ -385,6 +414,25 @@ def bench(
         table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
                       f"{s['worker_peak_rss_mb']:.0f}")
     console.print(table)
+    if "from_launch" in r:
+        launch = Table(title=f"from process launch, {r['from_launch']['events']:.0f} tickets waiting "
+                             f"(median of {len(r['from_launch']['runs_events_per_s'])})")
+        for col in ("run", "events/s, launch to last output", "launch to first output s",
+                    "launch to last output s"):
+            launch.add_column(col, justify="right" if col != "run" else "left")
+        for key, name in (("reference_from_launch", "reference loop (consume 32, pipelines 32)"),
+                          ("from_launch", "streams worker")):
+            s = r[key]
+            launch.add_row(name, f"{s['events_per_s']:.1f}", f"{s['first_output_s']:.1f}",
+                           f"{s['last_output_s']:.1f}")
+        console.print(launch)
+    if "latency" in r:
+        lat = r["latency"]
+        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s "
+                      f"after {lat['warmup_s']:.0f} s of warm-up: "
+                      f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
+                      f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
+                      f"one forward pass {lat['forward_pass_ms']:.0f} ms")
     for name, value in r["ratios"].items():
         console.print(f"{name}: {value:.2f}")
     if "int8" in r:

@@ -212,10 +212,20 @@ def _free_accelerator_memory() -> None:
         pass
 
 
+Emit = Callable[[list[OutRecord]], None]
+
+
 def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
                    extra_headers: Callable[[InRecord], list[tuple[str, bytes]]] | None = None, *,
-                   received_ns: int | None = None, defer_trace_end: bool = False) -> BatchResult:
+                   received_ns: int | None = None, defer_trace_end: bool = False,
+                   emit: Emit | None = None) -> BatchResult:
     """`extra_headers(record)` adds headers to that record's output (replay markers).
+
+    `emit`: called with each group of outputs as soon as it is ready, so the caller can send
+    them while the next forward passes run: the texts go through the engine in groups of
+    `settings.output_chunk` (by length, so each group pads little), the dead letters come
+    last. Without it the batch runs through the engine whole. Either way `result.out` holds
+    every output and dead letter of the batch.
 
     Telemetry (`runtime.telemetry`): metrics for the batch always; spans only when tracing is
     on (checked once per batch). `received_ns` (time.time_ns()) starts the event spans when
@@ -225,11 +235,11 @@ def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InReco
     telemetry = runtime.telemetry
     more = extra_headers or _no_headers
     if not telemetry.tracing_enabled:  # the one check: nothing per event for tracing below
-        return _enrich(runtime, route, records, more, None)
+        return _enrich(runtime, route, records, more, None, emit)
     trace = telemetry.start_batch(route.input, records, received_ns)
     try:
         with trace.current():  # log lines of the batch carry its trace id
-            result = _enrich(runtime, route, records, more, trace)
+            result = _enrich(runtime, route, records, more, trace, emit)
     except BaseException as exc:
         trace.end(exc)
         raise
@@ -245,8 +255,19 @@ def _no_headers(rec: InRecord) -> list[tuple[str, bytes]]:
     return []
 
 
+def _chunks(oks: list, size: int | None) -> list[list]:
+    """The decoded events in groups for the engine: all at once (`size` None), or sorted by
+    text length and cut into groups of `size`, so each group's forward passes pad little and
+    its outputs can leave before the longer texts are done."""
+    if size is None or len(oks) <= size:
+        return [oks] if oks else []
+    ordered = sorted(oks, key=lambda ok: len(ok[2].text))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
 def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
-            more: Callable[[InRecord], list[tuple[str, bytes]]], trace: BatchTrace | None) -> BatchResult:
+            more: Callable[[InRecord], list[tuple[str, bytes]]], trace: BatchTrace | None,
+            emit: Emit | None = None) -> BatchResult:
     oks: list[tuple[int, InRecord, InputEvent]] = []
     bad: list[tuple[int, InRecord, str, str, str, BaseException | None]] = []
     tombstone_partitions: list[int] = []
@@ -266,39 +287,46 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
             oks.append((i, rec, decoded))
     result.tombstones = len(tombstone_partitions)
 
-    t0 = time.perf_counter()
-    start_ns = time.time_ns()
-    inferred = runtime.infer([e.text for _, _, e in oks], runtime.labels[route.input], route.input) \
-        if oks else []
-    result.inference_ms = (time.perf_counter() - t0) * 1000
-    if trace is not None and oks:
-        trace.inference([i for i, _, _ in oks], start_ns, time.time_ns())
-
     producer = runtime.producer
-    for (i, rec, event), inference in zip(oks, inferred):
-        if isinstance(inference, InferenceFailure):
-            bad.append((i, rec, inference.reason, describe(inference.exc), type(inference.exc).__name__,
-                        inference.exc))
-            continue
-        source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
-        try:
-            value = runtime.catalog.encode_enriched(
-                enriched_record(event, inference, source, runtime.models[route.input], result.inference_ms),
-                route.output)
-        except Exception as exc:  # noqa: BLE001
-            bad.append((i, rec, "encode_error", describe(exc), type(exc).__name__, exc))
-            continue
-        key = rec.key if rec.key is not None else event.event_id.encode()
-        if trace is None:
-            headers = [*rec.headers, *more(rec)]
-        else:  # this worker's context replaces the producer's: subscribers continue the trace
-            headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
-        out = OutRecord(route.output, key, value, headers, "output", rec)
-        if not producer.fits(out):  # sized before producing: librdkafka would refuse it
-            bad.append((i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
-                        f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge", None))
-            continue
-        result.out.append(out)
+    labels = runtime.labels[route.input]
+    for chunk in _chunks(oks, None if emit is None else runtime.settings.output_chunk or
+                         runtime.settings.model_batch):
+        t0 = time.perf_counter()
+        start_ns = time.time_ns()
+        inferred = runtime.infer([e.text for _, _, e in chunk], labels, route.input)
+        chunk_ms = (time.perf_counter() - t0) * 1000
+        result.inference_ms += chunk_ms
+        if trace is not None:
+            trace.inference([i for i, _, _ in chunk], start_ns, time.time_ns())
+        ready = []
+        for (i, rec, event), inference in zip(chunk, inferred):
+            if isinstance(inference, InferenceFailure):
+                bad.append((i, rec, inference.reason, describe(inference.exc),
+                            type(inference.exc).__name__, inference.exc))
+                continue
+            source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
+            try:
+                value = runtime.catalog.encode_enriched(
+                    enriched_record(event, inference, source, runtime.models[route.input], chunk_ms),
+                    route.output)
+            except Exception as exc:  # noqa: BLE001
+                bad.append((i, rec, "encode_error", describe(exc), type(exc).__name__, exc))
+                continue
+            key = rec.key if rec.key is not None else event.event_id.encode()
+            if trace is None:
+                headers = [*rec.headers, *more(rec)]
+            else:  # this worker's context replaces the producer's: subscribers continue the trace
+                headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
+            out = OutRecord(route.output, key, value, headers, "output", rec)
+            if not producer.fits(out):  # sized before producing: librdkafka would refuse it
+                bad.append((i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
+                            f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge",
+                            None))
+                continue
+            ready.append(out)
+        if emit is not None and ready:
+            emit(ready)
+        result.out.extend(ready)
     result.enriched = len(result.out)
 
     for i, rec, reason, message, error_class, exc in bad:
@@ -310,6 +338,8 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
         result.out.append(dead_letter(runtime, route, rec, reason, message, error_class, exc, more,
                                       None if trace is None else trace.send(i, route.dlq, reason)))
     result.dead = len(bad)
+    if emit is not None and bad:
+        emit(result.out[result.enriched:])
 
     runtime.telemetry.metrics.record_batch(
         route.input, records, tombstone_partitions=tombstone_partitions,
@@ -354,12 +384,15 @@ def dead_letter(runtime: Runtime, route: TopicRoute, rec: InRecord, reason: str,
                      "dlq_bare", rec)
 
 
-def deliver(runtime: Runtime, out: list[OutRecord], timeout: float | None = None) -> None:
+def deliver(runtime: Runtime, out: list[OutRecord], timeout: float | None = None, *,
+            sent: bool = False) -> None:
     """Produce a batch's records and wait for the broker's acknowledgements. An output the
     broker refuses for good is dead-lettered in its place; a refused dead letter goes again
     without the original bytes and headers; a refused bare dead letter is fatal (the DLQ
-    topic itself does not take records)."""
-    rejected = runtime.producer.deliver(out, timeout)
+    topic itself does not take records). `sent`: `out` was already handed to
+    `runtime.producer.send` (as `enrich_records` emitted it); only the acknowledgements are
+    awaited."""
+    rejected = runtime.producer.deliver(out, timeout, sent=sent)
     while rejected:
         again = []
         for record, why in rejected:

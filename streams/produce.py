@@ -67,11 +67,20 @@ class AckingProducer:
                     self._failed.append((record, exc.args[0]))
                 return
 
-    def deliver(self, records: list[OutRecord], timeout: float | None = None) -> list[tuple[OutRecord, str]]:
+    def send(self, records: list[OutRecord]) -> None:
+        """Hand records to librdkafka now, without waiting: they leave while the caller works
+        on. Their acknowledgements are awaited, and failures handled, by `deliver(..., sent=True)`."""
+        for record in records:
+            self._produce(record)
+        self._producer.poll(0)
+
+    def deliver(self, records: list[OutRecord], timeout: float | None = None, *,
+                sent: bool = False) -> list[tuple[OutRecord, str]]:
         """Returns once the broker has acknowledged every record except those it refused for
         good, which come back with the reason. With a timeout, raises TimeoutError when that
         cannot happen in time; without one it keeps trying (the worker's shutdown grace
-        bounds it).
+        bounds it). `sent`: the records already went out through `send`; they are not
+        produced again unless their delivery fails.
 
         The broker refuses a whole partition batch, not a record: every record that shared a
         refused batch gets the error. So a record refused while others were in flight is sent
@@ -86,8 +95,10 @@ class AckingProducer:
                 if not records:
                     records, suspects = suspects[:1], suspects[1:]
                 alone = len(records) == 1
-                for record in records:
-                    self._produce(record)
+                if not sent:
+                    for record in records:
+                        self._produce(record)
+                sent = False  # retries and suspects are produced here
                 while self._producer.flush(1.0) > 0:
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")

@@ -27,8 +27,11 @@ EXIT_FATAL = 78  # a fatal error (EX_CONFIG): what to fix is in the last log lin
 
 
 class BatchProcessor:
-    """Everything below "take", shared by both sources: enrich a batch, deliver its outputs
-    and dead letters (acks=all), then `commit(records)`, retried while a dependency is down.
+    """Everything below "take", shared by both sources: enrich a batch, sending its outputs
+    and dead letters group by group as they are ready, wait until the broker acknowledged
+    every one (acks=all), then `commit(records)`, retried while a dependency is down. The
+    commit covers the whole batch and comes only after its last acknowledgement, so no
+    committed offset ever passes an output that was not acknowledged.
     `commit` is the source's: librdkafka commits synchronously; the Faust agent acks its
     events itself once this returns (so it passes a no-op)."""
 
@@ -50,10 +53,13 @@ class BatchProcessor:
         for topic, recs in by_topic.items():
             telemetry.add_in_flight(len(recs), topic)
         out, results = [], []
+        # Each group of outputs leaves as soon as its forward passes are done (`send`), while
+        # the next group runs; the commit below still waits for every acknowledgement.
+        send = self.runtime.producer.send
         try:
             for topic, recs in by_topic.items():
                 result = enrich_records(self.runtime, self.runtime.settings.route(topic), recs,
-                                        received_ns=received_ns, defer_trace_end=True)
+                                        received_ns=received_ns, defer_trace_end=True, emit=send)
                 results.append(result)
                 out.extend(result.out)
                 log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms",
@@ -67,7 +73,7 @@ class BatchProcessor:
         # The broker's acknowledgements for every output and dead letter, then the commit.
         sent = time.perf_counter()
         try:
-            deliver(self.runtime, out)
+            deliver(self.runtime, out, sent=True)
         except BaseException as exc:
             for result in results:
                 result.end_trace(exc)

@@ -97,3 +97,25 @@ def test_bound_marks_sit_where_the_bound_asks():
     assert bench._RATIO_RUNS["engine/naive"] == ("engine", "naive")
     assert 1.3 * bench._events_per_s(MEASURED, "naive") == pytest.approx(50.31)
     assert bench._events_per_s(MEASURED, "end_to_end") == 80.5
+
+
+def test_check_flags_a_slow_start_and_a_high_p99():
+    """The launch bounds (ours / reference from launch, first output) and the half-capacity
+    latency bound (p99 <= batch window + N forward passes) each fail on their own."""
+    bounds = {"ratios": {"from_launch/reference": 1.2, "first_output_reference/ours": 1.0},
+              "latency_p99_forward_passes": 3}
+    launch = {"events": 1000, "received": 1000}
+    ok = {"ratios": {"from_launch/reference": 1.25, "first_output_reference/ours": 1.1},
+          "from_launch": launch, "reference_from_launch": launch,
+          "latency": {"p99_ms": 2000.0, "batch_window_ms": 200.0, "forward_pass_ms": 900.0,
+                      "sent": 100, "received": 100}}
+    assert bench.check(ok, bounds) == []
+    slow = ok | {"ratios": {"from_launch/reference": 1.1, "first_output_reference/ours": 0.9}}
+    assert bench.check(slow, bounds) == ["from_launch/reference = 1.10 < 1.2",
+                                         "first_output_reference/ours = 0.90 < 1.0"]
+    late = ok | {"latency": ok["latency"] | {"p99_ms": 3000.0, "received": 99}}
+    assert bench.check(late, bounds) == [
+        "latency p99 3000 ms > batch window + 3 forward passes = 2900 ms",
+        "latency run: 99 of 100 events came back"]
+    lost = ok | {"from_launch": {"events": 1000, "received": 998}}
+    assert bench.check(lost, bounds) == ["from_launch: 998 of 1000 events came back"]

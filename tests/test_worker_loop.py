@@ -8,6 +8,7 @@ covered by tests/integration (SIGKILL, poison, SIGTERM) and the BatchConsumer te
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -45,7 +46,10 @@ class CallLog:
     def fits(self, record) -> bool:
         return True
 
-    def deliver(self, records, timeout=None):
+    def send(self, records):
+        self.calls.append(("send", len(records)))
+
+    def deliver(self, records, timeout=None, *, sent=False):
         self.calls.append(("deliver", len(records)))
         if self.fail_delivery:
             raise TimeoutError("broker gone")
@@ -76,7 +80,8 @@ def test_commit_comes_after_every_output_is_acknowledged(runtime):
     loop = EnrichmentLoop(runtime, consumer=log)
     batch = _records(5) + [InRecord(TOPIC, 1, 3, None, b"bad", b"{not json")]
     loop.process(batch)
-    assert log.calls == [("deliver", 6), ("commit", (1, 3))]  # 5 enriched + 1 dead letter, then commit
+    # 5 enriched sent as they are ready, then the dead letter; all acknowledged, then the commit
+    assert log.calls == [("send", 5), ("send", 1), ("deliver", 6), ("commit", (1, 3))]
 
 
 def test_a_batch_that_cannot_be_delivered_is_not_committed(runtime):
@@ -85,7 +90,7 @@ def test_a_batch_that_cannot_be_delivered_is_not_committed(runtime):
     loop = EnrichmentLoop(runtime, consumer=log)
     with pytest.raises(TimeoutError):
         loop.process(_records(3))
-    assert [c[0] for c in log.calls] == ["deliver"]
+    assert [c[0] for c in log.calls] == ["send", "deliver"]
 
 
 class BrokenEngine:
@@ -121,7 +126,7 @@ def test_an_engine_that_recovers_after_a_reload_enriches_the_batch(runtime, monk
     monkeypatch.setattr(pipeline, "_load_engine", lambda settings: NoopEngine())
     loop = EnrichmentLoop(runtime, consumer=log)
     assert loop.process_until_done(_records(4))
-    assert log.calls == [("deliver", 4), ("commit", (0, 13))]
+    assert log.calls == [("send", 4), ("deliver", 4), ("commit", (0, 13))]
 
 
 def test_a_dependency_failure_is_retried_without_dead_letters(runtime, monkeypatch):
@@ -144,7 +149,7 @@ def test_a_dependency_failure_is_retried_without_dead_letters(runtime, monkeypat
     monkeypatch.setattr(pipeline, "decode_input", flaky)
     loop = EnrichmentLoop(runtime, consumer=log)
     assert loop.process_until_done(_records(3))
-    assert log.calls == [("deliver", 3), ("commit", (0, 12))]
+    assert log.calls == [("send", 3), ("deliver", 3), ("commit", (0, 12))]
     assert seen_degraded == [None, "registry: HTTP 503"]
     assert loop.consumer.state.degraded is None
 
@@ -177,3 +182,91 @@ def test_batch_consumer_commits_the_offset_after_each_partitions_last_record(bro
     second.close()
     assert [r.offset for r in rest] == [7, 8, 9]
     assert rest[0].value == _value(7) and rest[0].key == b"k7" and rest[0].timestamp_ms
+
+
+class ChunkLog(NoopEngine):
+    """The no-op engine, logging each call into the CallLog (and, optionally, what a hook
+    sees at that moment)."""
+
+    def __init__(self, log: CallLog, hook=None):
+        self.log, self.hook = log, hook
+
+    def infer(self, texts, labels):
+        self.log.calls.append(("infer", len(texts)))
+        if self.hook is not None:
+            self.hook()
+        return super().infer(texts, labels)
+
+
+def test_outputs_leave_group_by_group_and_the_commit_waits_for_every_ack(runtime):
+    """A micro-batch of 70 with groups of 32: each group's outputs are sent as soon as its
+    forward passes are done, before the next group is inferred; the commit comes once, after
+    the acknowledgements of all 70, never between groups."""
+    log = CallLog()
+    runtime.producer = log
+    runtime.engine = ChunkLog(log)
+    runtime.settings = runtime.settings.model_copy(update={"output_chunk": 32})
+    loop = EnrichmentLoop(runtime, consumer=log)
+    loop.process(_records(70))
+    assert log.calls == [("infer", 32), ("send", 32), ("infer", 32), ("send", 32), ("infer", 6),
+                         ("send", 6), ("deliver", 70), ("commit", (0, 79))]
+
+
+def test_nothing_is_committed_when_a_sent_group_is_not_acknowledged(runtime):
+    """Groups already sent, then the acknowledgements fail: no commit at all (the batch is
+    re-delivered whole), not even up to the groups that went out first."""
+    log = CallLog(fail_delivery=True)
+    runtime.producer = log
+    runtime.engine = ChunkLog(log)
+    runtime.settings = runtime.settings.model_copy(update={"output_chunk": 32})
+    loop = EnrichmentLoop(runtime, consumer=log)
+    with pytest.raises(TimeoutError):
+        loop.process(_records(40))
+    assert [c[0] for c in log.calls] == ["infer", "send", "infer", "send", "deliver"]
+
+
+@pytest.mark.integration
+def test_first_outputs_reach_the_broker_while_the_batch_is_still_inferred(broker):
+    """Real broker, real producer: when the engine starts on the third group of a micro-batch,
+    the first group's enriched records can already be read from the output topic; the commit
+    (a recorder here) comes after all of them were acknowledged."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+    from streams.kafka import consumer
+
+    name = f"chunks{uuid.uuid4().hex[:6]}"
+    settings = Settings(kafka_bootstrap=broker.bootstrap, topics=[{"input": name, "labels": {"a": "b"}}],
+                        topic_partitions=1, output_chunk=10,
+                        schema_registry_url=f"mock://chunks-{uuid.uuid4().hex}")
+    ensure_topics(settings)
+    catalog = SchemaCatalog.from_settings(settings)
+    rt = Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
+    reader = consumer(settings, f"r-{name}")
+    reader.assign([TopicPartition(f"{name}.enriched", 0, OFFSET_BEGINNING)])
+    seen: list[int] = []
+    read: list = []
+
+    class Recorder(CallLog):
+        def commit(self, records):
+            read.extend(m for m in reader.consume(100, 2.0) if not m.error())
+            return super().commit(records)
+
+    def hook():
+        if len(log.calls) == 3:  # the third call of the engine: the third group
+            deadline = time.monotonic() + 10
+            while len(read) < 10 and time.monotonic() < deadline:
+                read.extend(m for m in reader.consume(10, 0.5) if not m.error())
+            seen.append(len(read))
+
+    log = Recorder()
+    rt.engine = ChunkLog(log, hook)
+    loop = EnrichmentLoop(rt, consumer=log)
+    loop.process([InRecord(name, 0, i, 1_700_000_000_000, f"k{i}".encode(), _value(i)) for i in range(25)])
+    deadline = time.monotonic() + 10
+    while len(read) < 25 and time.monotonic() < deadline:
+        read.extend(m for m in reader.consume(100, 0.5) if not m.error())
+    reader.close()
+    rt.producer._producer.flush(5)
+    assert seen == [10]  # the first group was on the broker before the third was inferred
+    assert sorted(m.key() for m in read) == sorted(f"k{i}".encode() for i in range(25))
+    assert log.calls[-1] == ("commit", (0, 24))
