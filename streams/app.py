@@ -103,7 +103,10 @@ def _faust_settings(settings: Settings) -> dict:
         broker_commit_every=4 * settings.max_batch,
         stream_buffer_maxsize=max(2 * settings.max_batch, settings.max_in_flight),
         consumer_auto_offset_reset="earliest",
-        topic_allow_declare=False,
+        # Faust creates only its internal topics (the changelogs and repartition topics of
+        # the tables users add), and only where the worker creates topics at all.
+        topic_allow_declare=settings.creates_topics,
+        topic_partitions=settings.topic_partitions,
         topic_disable_leader=True,
         broker_credentials=faust_credentials(settings),
     )
@@ -119,6 +122,7 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.health_bind,
         datadir=str(settings.model_cache.parent / "faust-data"),
         logging_config=logging_config(settings.log_level, settings.log_format),
+        autodiscover=list(settings.app_modules) or False,  # users' agents, tables, pages
         **(_faust_settings(settings) if agent else {}),
     )
     app.conf.streams_settings = settings  # for tests and the CLI

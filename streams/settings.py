@@ -81,6 +81,11 @@ class Settings(BaseSettings):
                                   "`faust -A streams.app agents` lists it; ~5-6k events/s per process on 2 cores) "
                                   "or librdkafka (a batch consumer in a thread, the fast path for "
                                   "models that outrun one Faust process); see docs/sources.md")
+    app_modules: list[str] = Field(
+        default_factory=list, description="your modules that add agents, tables or web pages to "
+                                          "`streams.app.app` (Faust's autodiscover: imported by `streams worker` "
+                                          "and `faust -A streams.app ...`); JSON list, e.g. "
+                                          "[\"streams.examples.label_counts\"]; docs/sources.md")
     worker_id: str = Field("", description="names this worker in DLQ headers; default host:pid")
 
     # Kafka connection and security (SASL PLAIN/SCRAM and SSL reach every client).
