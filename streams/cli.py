@@ -356,7 +356,7 @@ def bench(
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
     engine: str = typer.Option("encoder", help="encoder (NER + classifier) or llm (the LLM engine "
                                                "on the support-ticket samples, docs/llm.md)"),
-    llm_texts: int = typer.Option(8, help="--engine llm: texts for the batched, naive, grammar "
+    llm_texts: int = typer.Option(32, help="--engine llm: texts for the batched, naive, grammar "
                                           "and end-to-end runs"),
     llm_naive: int = typer.Option(0, help="--engine llm: texts for the one-per-call run; 0: the "
                                           "same texts as the batched run (a fair ratio: a pass "

@@ -1,8 +1,8 @@
 """Consume step: a librdkafka consumer of the input topics that hands out micro-batches and
 commits only what the caller says is finished.
 
-A batch is what already waits locally (up to `max_batch` records), or, when nothing does, what
-arrives within `max_wait_s` (librdkafka's `consume(num_messages, timeout)`). Offsets are never committed automatically:
+A batch is what already waits locally (up to `max_batch` records), or, when nothing does, the
+first record to arrive and what follows it within `max_wait_s`. Offsets are never committed automatically:
 `commit(records)` commits, per partition, the offset after the last record of a batch whose
 outputs the broker has already acknowledged. Batches run one at a time, so every offset below
 a committed one is finished (at-least-once, no gaps). Faust's per-event stream spent ~280 µs of
@@ -168,11 +168,15 @@ class BatchConsumer:
         client cannot decode comes back as an InRecord with `client_error` set (data, not an
         exception), once it has been re-fetched `undecodable_refetches` times."""
         # What already waits locally goes at once: those records have waited through the
-        # previous batch already, and a window on top would only add to their latency. Only
-        # an empty queue waits (up to max_wait_s) for a batch to form.
+        # previous batch already, and a window on top would only add to their latency. An
+        # empty queue waits (up to max_wait_s) for a first record, and the batch window opens
+        # with it: a burst that starts late in the wait is not cut in two (for an LLM, half a
+        # burst is a whole extra decoding run).
         messages = self._consumer.consume(self.settings.max_batch, 0)
         if not messages:
-            messages = self._consumer.consume(self.settings.max_batch, self.settings.max_wait_s)
+            messages = self._consumer.consume(1, self.settings.max_wait_s)
+            if messages and self.settings.max_batch > 1:
+                messages += self._consumer.consume(self.settings.max_batch - 1, self.settings.max_wait_s)
         self.state.last_poll = time.monotonic()
         records = []
         errored: set[tuple[str, int]] = set()
