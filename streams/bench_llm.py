@@ -126,6 +126,7 @@ def bench_end_to_end(n: int, log_dir: Path) -> dict:
 def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool = True) -> dict:
     import torch
 
+    out.parent.mkdir(parents=True, exist_ok=True)  # the end-to-end row's logs go there too
     settings = Settings()
     llm = _engine(settings)
     texts = ticket_texts(n_texts)
