@@ -513,17 +513,17 @@ class LLMEngine:
         allows fewer than that, so this is the whole support)."""
         scores = logits.float()
         if bitmask is not None:
+            import xgrammar as xgr
+
             started = time.perf_counter()
             for k, row in enumerate(rows):
                 row.matcher.fill_next_token_bitmask(bitmask, k)
             mask = bitmask[: len(rows)]
-            if scores.device.type == "cpu":
-                self._xgr().apply_token_bitmask_inplace(scores, mask)
-            elif scores.device.type == "cuda":
-                self._xgr().apply_token_bitmask_inplace(scores, mask.to(scores.device))
-            else:
+            if scores.device.type in ("cpu", "cuda"):
+                xgr.apply_token_bitmask_inplace(scores, mask.to(scores.device))
+            else:  # xgrammar's kernels run on CPU and CUDA only
                 host = scores.cpu()
-                self._xgr().apply_token_bitmask_inplace(host, mask)
+                xgr.apply_token_bitmask_inplace(host, mask)
                 scores = host.to(scores.device)
             stats["grammar_s"] += time.perf_counter() - started
         probs = torch.softmax(scores, dim=-1)
@@ -535,10 +535,6 @@ class LLMEngine:
             tops = list(zip(top.indices.cpu().tolist(), top.values.cpu().tolist()))
         return next_ids.cpu().tolist(), greedy_p.cpu().tolist(), tops
 
-    def _xgr(self):
-        import xgrammar as xgr
-
-        return xgr
 
     def _parse(self, prepared: _Prepared, text: str, tokens: list[int], greedy_p: list[float],
                dists) -> LLMResult | LLMOutputError:
