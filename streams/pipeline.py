@@ -10,13 +10,13 @@ import logging
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .dlq import PREFIX, dlq_headers
 from .engine import Engine, Inference, LabelSet, NoopEngine
 from .engine.llm import LLMEngine, LLMTask
+from .engine.thread import inference_thread
 from .enrich import SourceRecord, enriched_record
 from .kafka import ensure_output_topics
 from .errors import FatalError, RetriableError, describe, sanitize
@@ -72,8 +72,6 @@ class Runtime:
         models_for = getattr(engine, "models_for", None)
         self.models = {r.input: models_for(r.input) if models_for else engine.models
                        for r in settings.topics}
-        # One thread: the models are not shared between concurrent forward passes.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.producer = AckingProducer(settings.librdkafka_config() | {
                                            "message.timeout.ms": int(settings.delivery_timeout_s * 1000)},
@@ -87,7 +85,7 @@ class Runtime:
         catalog.ensure_registered()
         if telemetry is None:  # made here: the LLM engine counts its dropped spans in it
             telemetry = default_telemetry(settings.app_id, settings.app_id)
-        engine = _load_engine(settings, telemetry)
+        engine = inference_thread.call(_load_engine, settings, telemetry)
         runtime = cls(settings, engine, catalog, telemetry=telemetry)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
         runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
@@ -113,9 +111,10 @@ class Runtime:
         return out
 
     def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
+        """On the one inference thread (streams/engine/thread.py), whichever source calls."""
         if topic is not None and getattr(self.engine, "by_topic", False):
-            return self.engine.infer(texts, labels, topic)
-        return self.engine.infer(texts, labels)
+            return inference_thread.call(self.engine.infer, texts, labels, topic)
+        return inference_thread.call(self.engine.infer, texts, labels)
 
     def _infer_split(self, texts: Sequence[str], labels: LabelSet,
                      topic: str | None = None) -> list[Inference | InferenceFailure]:
@@ -132,7 +131,7 @@ class Runtime:
 
     def reload_engine(self) -> None:
         """Load the models again (after the engine failed on a probe text)."""
-        self.engine = _load_engine(self.settings)
+        self.engine = inference_thread.call(_load_engine, self.settings)
         llm = getattr(self.engine, "llm", None)
         if llm is not None:
             llm.on_dropped_spans = self.telemetry.metrics.record_llm_dropped_spans

@@ -109,10 +109,9 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
     runtime = pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
     assert calls == [("load", True, "int8"), "warm_up"]
     assert runtime.engine.load_seconds == 1.5  # the warm-up counts as loading
-    runtime.executor.shutdown()
     calls.clear()
     monkeypatch.setenv("STREAMS_ENGINE", "noop")  # no models, nothing to warm up
-    pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled()).executor.shutdown()
+    pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
     assert calls == []
 
 

@@ -207,7 +207,6 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
                         ('{"event_id": "e%d", "text": "%s"}' % (i, t)).encode())
                for i, t in enumerate(["Thanks!", "LONG", "My parcel has not arrived."])]
     result = pipeline.enrich_records(runtime, route, records)
-    runtime.executor.shutdown()
     assert (result.enriched, result.dead) == (2, 1)
     [dead] = [o for o in result.out if o.topic == route.dlq]
     headers = dict(dead.headers)
