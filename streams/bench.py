@@ -487,11 +487,19 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
     results["engine"] = float(np.mean(engine_runs))
     results["engine_runs_events_per_s"] = engine_runs
     results["end_to_end"] = _mean_run(plain_runs)
-    # The stream ceiling of both sources (docs/sources.md), the librdkafka loop first.
-    results["stream_ceiling"] = bench_stream(n_ceiling, noop=True, log_dir=out.parent,
-                                             name="noop-librdkafka", STREAMS_SOURCE="librdkafka")
-    results["stream_ceiling_faust"] = bench_stream(n_ceiling, noop=True, log_dir=out.parent,
-                                                   name="noop-faust", STREAMS_SOURCE="faust")
+    # The stream ceiling of both sources (docs/sources.md): what each can carry, so the best of
+    # `rounds` runs, the sources alternated. Another tenant's load only ever slows a run down
+    # (the same run ranged 10,000-16,500 events/s within minutes here); every run is kept.
+    for key, source in (("stream_ceiling", "librdkafka"), ("stream_ceiling_faust", "faust")):
+        results[key] = {"runs_events_per_s": []}
+    for _ in range(rounds):
+        for key, source in (("stream_ceiling", "librdkafka"), ("stream_ceiling_faust", "faust")):
+            run = bench_stream(n_ceiling, noop=True, log_dir=out.parent, name=f"noop-{source}",
+                               STREAMS_SOURCE=source)
+            runs = results[key]["runs_events_per_s"] + [run["events_per_s"]]
+            if run["events_per_s"] >= max(runs):
+                results[key] = run
+            results[key]["runs_events_per_s"] = runs
     results["ratios"] |= {
         "end_to_end/engine": results["end_to_end"]["events_per_s"] / results["engine"],
         "engine/naive": results["engine"] / results["naive"],

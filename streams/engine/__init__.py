@@ -145,6 +145,7 @@ class NoopEngine:
 
     device = "none"
     load_seconds = 0.0
+    runs_models = False  # called in place: no torch, so no need for the inference thread
     models = [ModelInfo("entities", "noop", "0"), ModelInfo("classification", "noop", "0")]
 
     def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
