@@ -32,6 +32,8 @@ def test_calls_from_any_thread_run_on_the_one_inference_thread():
 
 
 class ThreadRecordingEngine(NoopEngine):
+    runs_models = True  # stands for a torch engine (the no-op engine is called in place)
+
     def __init__(self, seen: list):
         super().__init__()
         self.seen = seen
