@@ -111,8 +111,9 @@ class Runtime:
         return out
 
     def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
-        """On the one inference thread (streams/engine/thread.py), whichever source calls; the
-        no-op engine in place (two thread hand-offs per batch cost the stream ceiling ~4 %)."""
+        """On the one inference thread (streams/engine/thread.py), whichever source calls. The
+        no-op engine runs no torch, so it is called in place: the stream ceiling it measures is
+        the stream's alone, without a thread hand-off per batch."""
         args = (texts, labels, topic) if topic is not None and getattr(self.engine, "by_topic", False) \
             else (texts, labels)
         if not getattr(self.engine, "runs_models", True):
