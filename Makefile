@@ -47,15 +47,16 @@ run: setup
 run-llm: setup
 	$(BIN)/streams demo --llm
 
-# The worker tests once more with the Faust agent as the source (docs/sources.md);
-# tests/integration/test_agent.py runs both sources in the first pass already.
-FAUST_SOURCE_TESTS = tests/integration/test_worker.py tests/integration/test_health.py \
+# The first pass runs the workers on the default source, the Faust agent; the worker tests run
+# once more on the librdkafka source (docs/sources.md). tests/integration/test_agent.py and the
+# quick chaos test run both sources in the first pass already.
+LIBRDKAFKA_SOURCE_TESTS = tests/integration/test_worker.py tests/integration/test_health.py \
 	tests/integration/test_poison.py tests/integration/test_poison_wire.py tests/integration/test_dependencies.py \
 	tests/integration/test_offsets_reset.py::test_live_worker_is_refused_while_running_and_replays_the_window_after_a_reset
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -q --source faust $(FAUST_SOURCE_TESTS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --source librdkafka $(LIBRDKAFKA_SOURCE_TESTS) $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not models and not integration" $(PYTEST_ARGS)

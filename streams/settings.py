@@ -77,7 +77,7 @@ class Settings(BaseSettings):
 
     app_id: str = Field("streams-enricher", description="Faust app id; also the consumer group")
     source: Literal["faust", "librdkafka"] = Field(
-        "librdkafka", description="what consumes the input topics: faust (a Faust agent, "
+        "faust", description="what consumes the input topics: faust (a Faust agent, "
                                   "`faust -A streams.app agents` lists it; ~5-6k events/s per process on 2 cores) "
                                   "or librdkafka (a batch consumer in a thread, the fast path for "
                                   "models that outrun one Faust process); see docs/sources.md")
