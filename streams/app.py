@@ -26,7 +26,7 @@ from .health import add_health_pages
 from .pipeline import Runtime
 from .settings import Settings
 from .telemetry import logging_config
-from .worker import EXIT_UNFINISHED_BATCH, EnrichmentLoop
+from .worker import EXIT_FATAL, EXIT_UNFINISHED_BATCH, EnrichmentLoop
 
 log = logging.getLogger("streams.app")
 
@@ -139,7 +139,7 @@ def create_app(settings: Settings) -> faust.App:
 
         async def on_start(self) -> None:
             if app.runtime is None:
-                app.runtime = await asyncio.to_thread(Runtime.load, settings)
+                app.runtime = await _runtime(app, settings)
             if agent:
                 app.source.attach(app.runtime)
             else:  # `streams worker` subscribed a consumer early (cli._early_consumer)
@@ -158,6 +158,21 @@ def create_app(settings: Settings) -> faust.App:
 
     add_health_pages(app)
     return app
+
+
+async def _runtime(app: faust.App, settings: Settings) -> Runtime:
+    """The runtime `streams worker` started loading before Faust (`app.runtime_loading`), or
+    loaded now. A model, schema or broker that fails it stops the worker (exit 78), with the
+    reason in the last log line: nothing was taken yet, so nothing is lost."""
+    loading = getattr(app, "runtime_loading", None)
+    try:
+        if loading is not None:
+            return await asyncio.wrap_future(loading)
+        return await asyncio.to_thread(Runtime.load, settings)
+    except Exception as exc:  # noqa: BLE001 - stated, then the process stops
+        log.critical("could not start: %s: %s", type(exc).__name__, exc)
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
 
 
 def _add_agent(app: faust.App, settings: Settings) -> None:

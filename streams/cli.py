@@ -60,34 +60,60 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
     unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
     _use_configured_allocator()
-    # Join the consumer group now: librdkafka's threads do it (a few seconds of waiting on the
-    # coordinator, and the first fetches) while torch is imported and the models load.
-    early = _early_consumer(Settings())
-    from faust.worker import Worker
-
-    from .app import Runtime, app as faust_app, settings
+    settings = Settings()
     from .telemetry import configure_logging, logging_config
 
     loglevel = (loglevel or settings.log_level).upper()
     configure_logging(loglevel, settings.log_format)
+    # Join the consumer group while torch is imported and the models load (a few seconds of
+    # waiting on the coordinator, and the first fetches): the librdkafka source's consumer is
+    # subscribed here by librdkafka's threads; for the Faust agent the models load in a thread
+    # while Faust starts, and the agent waits for them (streams.app).
+    early = _early_consumer(settings)
+    loading = _load_in_background(settings) if settings.source == "faust" else None
+    from faust.worker import Worker
+
+    from .app import Runtime, app as faust_app
+
     faust_app.conf.logging_config = logging_config(loglevel, settings.log_format)
     from .engine import ModelLoadError
     from .serde.registry import SchemaError
 
-    try:
-        faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
-    except BaseException as exc:
-        if early is not None:
-            early.close()  # leave the group at once, not after the session timeout
-        if isinstance(exc, (ModelLoadError, SchemaError)):
-            _fail(str(exc))
-        if isinstance(exc, Exception):  # broker unreachable and the like
-            _fail(f"{type(exc).__name__}: {exc}")
-        raise
-    faust_app.early_consumer = early
-    if settings.source == "faust":
+    if loading is not None:
+        faust_app.runtime_loading = loading
         _use_uvloop()
+    else:
+        try:
+            faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
+        except BaseException as exc:
+            if early is not None:
+                early.close()  # leave the group at once, not after the session timeout
+            if isinstance(exc, (ModelLoadError, SchemaError)):
+                _fail(str(exc))
+            if isinstance(exc, Exception):  # broker unreachable and the like
+                _fail(f"{type(exc).__name__}: {exc}")
+            raise
+        faust_app.early_consumer = early
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _load_in_background(settings: Settings):
+    """`Runtime.load` started in a thread of its own; the future the agent's app waits on."""
+    from concurrent.futures import Future
+    import threading
+
+    future: Future = Future()
+
+    def load() -> None:
+        from .pipeline import Runtime
+
+        try:
+            future.set_result(Runtime.load(settings))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            future.set_exception(exc)
+
+    threading.Thread(target=load, name="load-models", daemon=True).start()
+    return future
 
 
 def _early_consumer(settings: Settings):

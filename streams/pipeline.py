@@ -11,11 +11,10 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .dlq import PREFIX, dlq_headers
-from .engine import Engine, Inference, LabelSet, NoopEngine
-from .engine.llm import LLMEngine, LLMTask
+from .engine import Inference, LabelSet, NoopEngine
 from .engine.thread import inference_thread
 from .enrich import SourceRecord, enriched_record
 from .kafka import ensure_output_topics
@@ -25,6 +24,9 @@ from .records import InRecord, OutRecord
 from .serde import DecodeError, InputEvent, SchemaCatalog, decode_input
 from .settings import Settings, TopicRoute
 from .telemetry import BatchTrace, Telemetry, default_telemetry, replace_trace_headers
+
+if TYPE_CHECKING:
+    from .engine.llm import LLMEngine
 
 log = logging.getLogger("streams.pipeline")
 
@@ -157,6 +159,8 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None):
     """The engines the configured topics need: the encoder models when a topic takes its
     entities or label from them, the LLM when one takes anything from it (each topic's grammar
     and prompt prepared here, at start-up). `telemetry` counts the LLM's dropped spans."""
+    from .engine import Engine  # torch: imported when the models load, not with the app
+    from .engine.llm import LLMTask
     from .engine.topics import TopicEngines, TopicPlan
     from .serde.fields import load_field_record
 
@@ -192,6 +196,8 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None):
 
 def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides) -> LLMEngine:
     """The LLM engine with the configured model and options (`overrides` for the bench)."""
+    from .engine.llm import LLMEngine
+
     options = dict(device=settings.device, dtype=settings.llm_dtype,
                    max_new_tokens=settings.llm_max_new_tokens,
                    retry_max_new_tokens=settings.llm_retry_max_new_tokens,

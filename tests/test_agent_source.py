@@ -3,6 +3,9 @@ fetcher hands it for batches it cannot decode (real aiokafka record code, real r
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
 from aiokafka.record.memory_records import MemoryRecords
@@ -41,6 +44,20 @@ def test_the_agent_settings_let_a_long_batch_finish_without_leaving_the_group():
     agents = {name: agent for name, agent in app.agents.items()}
     assert set(agents) == {f"streams.enrich.{r.input}" for r in settings.topics}
     assert all(agent.concurrency == 1 for agent in agents.values())
+
+
+def test_the_faust_app_starts_without_importing_torch():
+    """The agent's consumer joins its group while torch is imported and the models load
+    (`streams worker`), and `faust -A streams.app agents` answers in about a second: neither
+    may wait for torch's import (several seconds)."""
+    check = ("import sys, streams.app, streams.cli; "
+             "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+    from streams.engine import Engine  # still there when named: imported then
+
+    assert Engine.__module__ == "streams.engine.encoder"
 
 
 def test_the_librdkafka_source_has_no_agent():

