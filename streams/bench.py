@@ -476,17 +476,24 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
     # Engine, end to end and end to end traced, alternated over `rounds` rounds; each figure is
     # the mean of its runs. On a shared machine the same engine run varies by 10 % from minute
     # to minute: alternating keeps a slow minute from landing on one side of a ratio only.
-    engine_runs, plain_runs, traced_runs = [], [], []
+    # End to end runs on the configured source (`end_to_end`) and on the other one too
+    # (`end_to_end_<other>`): both must keep up with the models.
+    other = "librdkafka" if settings.source == "faust" else "faust"
+    engine_runs, plain_runs, other_runs, traced_runs = [], [], [], []
     for _ in range(rounds):
         engine_runs.append(bench_engine(engine, texts, labels, settings.max_batch))
         plain_runs.append(bench_stream(n_stream, noop=False, log_dir=out.parent))
+        other_runs.append(bench_stream(n_stream, noop=False, log_dir=out.parent, name=f"models-{other}",
+                                       STREAMS_SOURCE=other))
         if traced:
             traced_runs.append(bench_traced(n_stream, log_dir=out.parent))
     if engine.device.type == "cpu":
         results["int8"] = bench_int8(engine, settings, texts, labels, settings.max_batch)
     results["engine"] = float(np.mean(engine_runs))
     results["engine_runs_events_per_s"] = engine_runs
+    results["source"] = settings.source
     results["end_to_end"] = _mean_run(plain_runs)
+    results[f"end_to_end_{other}"] = _mean_run(other_runs)
     # The stream ceiling of both sources (docs/sources.md): what each can carry, so the best of
     # `rounds` runs, the sources alternated. Another tenant's load only ever slows a run down
     # (the same run ranged 10,000-16,500 events/s within minutes here); every run is kept.
@@ -502,6 +509,7 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
             results[key]["runs_events_per_s"] = runs
     results["ratios"] |= {
         "end_to_end/engine": results["end_to_end"]["events_per_s"] / results["engine"],
+        f"end_to_end_{other}/engine": results[f"end_to_end_{other}"]["events_per_s"] / results["engine"],
         "engine/naive": results["engine"] / results["naive"],
         "engine/reference": results["engine"] / results["reference"],
     }
@@ -515,12 +523,16 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
 # events/s the bound asks of it (bound x the denominator's figure).
 _RUNS = [("naive", "naive (batch 1)"), ("reference", "reference (pipelines, 32)"),
          ("engine", "engine"), ("int8", "engine, int8 (opt-in, CPU)"), ("end_to_end", "end-to-end"),
+         ("end_to_end_librdkafka", "end-to-end, librdkafka source"),
+         ("end_to_end_faust", "end-to-end, Faust agent source"),
          ("end_to_end_traced", "end-to-end, traced"), ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
          ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
          ("from_launch", "end-to-end from launch"),
          ("reference_from_launch", "reference loop from launch"),
          ("latency", "at half capacity")]
-_RATIO_RUNS = {"end_to_end/engine": ("end_to_end", "engine"), "engine/naive": ("engine", "naive"),
+_RATIO_RUNS = {"end_to_end/engine": ("end_to_end", "engine"),
+               "end_to_end_librdkafka/engine": ("end_to_end_librdkafka", "engine"),
+               "end_to_end_faust/engine": ("end_to_end_faust", "engine"), "engine/naive": ("engine", "naive"),
                "engine/reference": ("engine", "reference"),
                "traced/untraced": ("end_to_end_traced", "end_to_end"),
                "from_launch/reference": ("from_launch", "reference_from_launch")}
@@ -552,7 +564,7 @@ def plot(results: dict, path: Path, bounds: dict | None = None) -> Path:
     left.set_xlabel("events/s (log scale)")
     left.invert_yaxis()
     rounds = {"engine": results.get("engine_runs_events_per_s", [])}
-    for key in ("end_to_end", "end_to_end_traced"):
+    for key in ("end_to_end", "end_to_end_librdkafka", "end_to_end_faust", "end_to_end_traced"):
         rounds[key] = (results.get(key) or {}).get("runs_events_per_s", [])
     for key, values in rounds.items():
         if key in rows and values:

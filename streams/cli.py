@@ -431,7 +431,11 @@ def bench(
         table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
     if "int8" in r:
         table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
-    for key, name in (("end_to_end", "end-to-end"), ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
+    source = {"faust": "Faust agent", "librdkafka": "librdkafka"}.get(r.get("source", ""), "")
+    for key, name in (("end_to_end", f"end-to-end, {source} source (STREAMS_SOURCE)" if source else "end-to-end"),
+                      ("end_to_end_librdkafka", "end-to-end, librdkafka source"),
+                      ("end_to_end_faust", "end-to-end, Faust agent source"),
+                      ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
                       ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
                       ("end_to_end_traced", "end-to-end, traced")):
         if key not in r:

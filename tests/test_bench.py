@@ -28,6 +28,14 @@ def test_check_names_each_ratio_below_its_bound():
     assert failures == ["end_to_end/engine = 0.87 < 0.9", "traced/untraced = 0.94 < 0.95"]
 
 
+def test_check_holds_the_other_source_to_the_same_end_to_end_bound():
+    """`make bench` runs end to end on both sources; the one not configured has its own ratio."""
+    both = BOUNDS | {"ratios": BOUNDS["ratios"] | {"end_to_end_librdkafka/engine": 0.90}}
+    assert bench.check(results(**{"end_to_end_librdkafka/engine": 0.93}), both) == []
+    assert bench.check(results(**{"end_to_end_librdkafka/engine": 0.80}), both) == [
+        "end_to_end_librdkafka/engine = 0.80 < 0.9"]
+
+
 def test_check_flags_a_low_stream_ceiling():
     low = results() | {"stream_ceiling": {"events_per_s": 7636.0}}
     assert bench.check(low, BOUNDS) == ["stream ceiling 7636/s < 10000/s"]
