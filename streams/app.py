@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import ssl
+import sys
 
 import faust
 from faust.app.base import BootStrategy
@@ -22,13 +23,17 @@ from mode import Service
 
 from .agent import (AgentSource, EagerTransport, install_leave_group_on_generation_zero,
                     install_undecodable_guard)
+from .engine import ModelLoadError
 from .health import add_health_pages
 from .pipeline import Runtime
+from .serde.registry import SchemaError
 from .settings import Settings
 from .telemetry import logging_config
-from .worker import EXIT_FATAL, EXIT_UNFINISHED_BATCH, EnrichmentLoop
+from .worker import EXIT_UNFINISHED_BATCH, EnrichmentLoop
 
 log = logging.getLogger("streams.app")
+
+EXIT_STARTUP = 2  # the runtime could not load (a model, a schema, the broker): `streams worker`'s status
 
 
 class _HostOnly(BootStrategy):
@@ -162,17 +167,20 @@ def create_app(settings: Settings) -> faust.App:
 
 async def _runtime(app: faust.App, settings: Settings) -> Runtime:
     """The runtime `streams worker` started loading before Faust (`app.runtime_loading`), or
-    loaded now. A model, schema or broker that fails it stops the worker (exit 78), with the
-    reason in the last log line: nothing was taken yet, so nothing is lost."""
+    loaded now. A model, schema or broker that fails it stops the worker with the reason, on
+    stderr and in the log, and status 2, as `streams worker` does on the librdkafka source:
+    nothing was taken yet, so nothing is lost."""
     loading = getattr(app, "runtime_loading", None)
     try:
         if loading is not None:
             return await asyncio.wrap_future(loading)
         return await asyncio.to_thread(Runtime.load, settings)
     except Exception as exc:  # noqa: BLE001 - stated, then the process stops
-        log.critical("could not start: %s: %s", type(exc).__name__, exc)
+        reason = str(exc) if isinstance(exc, (ModelLoadError, SchemaError)) else f"{type(exc).__name__}: {exc}"
+        log.critical("could not start: %s", reason)
+        print(f"error: {reason}", file=sys.stderr, flush=True)
         logging.shutdown()
-        os._exit(EXIT_FATAL)
+        os._exit(EXIT_STARTUP)
 
 
 def _add_agent(app: faust.App, settings: Settings) -> None:

@@ -180,7 +180,9 @@ def test_an_unauthorized_output_topic_stops_the_worker_without_committing(faulty
     assert faulty.proxy.refused(scenario.output) >= 1, f"the worker never wrote to the output:\n{log[-3000:]}"
     assert exit_code == EXIT_FATAL, f"exit status {exit_code} (a retried refusal never exits):\n{log[-3000:]}"
     assert "TOPIC_AUTHORIZATION_FAILED" in last and scenario.output in last, last
-    assert committed(scenario) < 0, "the group committed past a batch whose outputs were refused"
+    # Nothing (librdkafka), or the first offset handed out (the Faust agent commits it before its
+    # first batch: docs/sources.md); never past the refused batch.
+    assert committed(scenario) <= 0, "the group committed past a batch whose outputs were refused"
 
     faulty.proxy.allow(scenario.output)
     want = {k.decode() for k, _ in events}
