@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, TokenClassificationPipeline
 from transformers.pipelines.token_classification import AggregationStrategy
+from transformers.utils import logging as hf_logging
 
 from .batching import Window, forward_batches, length_batches, tokenize_windows, warm_up_forward
 from .types import Entity
@@ -57,9 +58,15 @@ class EntityExtractor:
         self.stride = min(stride, self.max_length // 4)
         self.max_batch = max_batch
         self.max_tokens = max_tokens
-        # Only its aggregation helpers are used; it never runs a forward pass.
-        self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer,
-                                                     device=device)
+        # Only its aggregation helpers are used; it never runs a forward pass. Its "Device set
+        # to use" warning is not one: the worker logs the device it loaded the models on.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            self._pipeline = TokenClassificationPipeline(model=self.model, tokenizer=self.tokenizer,
+                                                         device=device)
+        finally:
+            hf_logging.set_verbosity(verbosity)
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(**inputs).logits
