@@ -165,6 +165,12 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+def startup_failure(exc: Exception) -> str:
+    """What to tell the operator when the runtime could not load: a model or schema error says
+    what to fix in its own words; anything else (the broker unreachable) is named by its type."""
+    return str(exc) if isinstance(exc, (ModelLoadError, SchemaError)) else f"{type(exc).__name__}: {exc}"
+
+
 async def _runtime(app: faust.App, settings: Settings) -> Runtime:
     """The runtime `streams worker` started loading before Faust (`app.runtime_loading`), or
     loaded now. A model, schema or broker that fails it stops the worker with the reason, on
@@ -176,7 +182,7 @@ async def _runtime(app: faust.App, settings: Settings) -> Runtime:
             return await asyncio.wrap_future(loading)
         return await asyncio.to_thread(Runtime.load, settings)
     except Exception as exc:  # noqa: BLE001 - stated, then the process stops
-        reason = str(exc) if isinstance(exc, (ModelLoadError, SchemaError)) else f"{type(exc).__name__}: {exc}"
+        reason = startup_failure(exc)
         log.critical("could not start: %s", reason)
         print(f"error: {reason}", file=sys.stderr, flush=True)
         logging.shutdown()

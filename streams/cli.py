@@ -73,12 +73,9 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     loading = _load_in_background(settings) if settings.source == "faust" else None
     from faust.worker import Worker
 
-    from .app import Runtime, app as faust_app
+    from .app import Runtime, app as faust_app, startup_failure
 
     faust_app.conf.logging_config = logging_config(loglevel, settings.log_format)
-    from .engine import ModelLoadError
-    from .serde.registry import SchemaError
-
     if loading is not None:
         faust_app.runtime_loading = loading
         _use_uvloop()
@@ -88,10 +85,8 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
         except BaseException as exc:
             if early is not None:
                 early.close()  # leave the group at once, not after the session timeout
-            if isinstance(exc, (ModelLoadError, SchemaError)):
-                _fail(str(exc))
-            if isinstance(exc, Exception):  # broker unreachable and the like
-                _fail(f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, Exception):
+                _fail(startup_failure(exc))
             raise
         faust_app.early_consumer = early
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
