@@ -473,20 +473,27 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
                     n_ceiling: int, out: Path, traced: bool, rounds: int) -> None:
     results["naive"] = bench_pipelines(engine, texts, labels, 1)
     results["reference"] = bench_pipelines(engine, texts, labels, 32)
-    # Engine, end to end and end to end traced, alternated over `rounds` rounds; each figure is
-    # the mean of its runs. On a shared machine the same engine run varies by 10 % from minute
-    # to minute: alternating keeps a slow minute from landing on one side of a ratio only.
-    # End to end runs on the configured source (`end_to_end`) and on the other one too
-    # (`end_to_end_<other>`): both must keep up with the models.
+    # Engine, end to end, end to end traced and end to end on the other source, over `rounds`
+    # rounds; each figure is the mean of its runs. On a shared machine the same run varies by
+    # 10 % from minute to minute, so every round is the mirror of the one before (engine, end to
+    # end, traced, other; then other, traced, end to end, engine): the two runs of each ratio
+    # are always side by side, and a machine that slows or speeds up steadily weighs on both
+    # sides of a ratio alike. End to end runs on the configured source (`end_to_end`) and on the
+    # other one too (`end_to_end_<other>`): both must keep up with the models.
     other = "librdkafka" if settings.source == "faust" else "faust"
-    engine_runs, plain_runs, other_runs, traced_runs = [], [], [], []
-    for _ in range(rounds):
-        engine_runs.append(bench_engine(engine, texts, labels, settings.max_batch))
-        plain_runs.append(bench_stream(n_stream, noop=False, log_dir=out.parent))
-        other_runs.append(bench_stream(n_stream, noop=False, log_dir=out.parent, name=f"models-{other}",
-                                       STREAMS_SOURCE=other))
-        if traced:
-            traced_runs.append(bench_traced(n_stream, log_dir=out.parent))
+    runs: dict[str, list] = {"engine": [], "plain": [], "traced": [], "other": []}
+    steps = {
+        "engine": lambda: bench_engine(engine, texts, labels, settings.max_batch),
+        "plain": lambda: bench_stream(n_stream, noop=False, log_dir=out.parent),
+        "traced": lambda: bench_traced(n_stream, log_dir=out.parent),
+        "other": lambda: bench_stream(n_stream, noop=False, log_dir=out.parent, name=f"models-{other}",
+                                      STREAMS_SOURCE=other),
+    }
+    order = [step for step in steps if traced or step != "traced"]
+    for r in range(rounds):
+        for step in (order if r % 2 == 0 else order[::-1]):
+            runs[step].append(steps[step]())
+    engine_runs, plain_runs, other_runs, traced_runs = (runs[k] for k in ("engine", "plain", "other", "traced"))
     if engine.device.type == "cpu":
         results["int8"] = bench_int8(engine, settings, texts, labels, settings.max_batch)
     results["engine"] = float(np.mean(engine_runs))
