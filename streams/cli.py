@@ -372,7 +372,7 @@ def bench(
     duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
                                            "reporting worker RSS growth after warm-up"),
     rate: float = typer.Option(30.0, help="events/s offered during --duration"),
-    rounds: int = typer.Option(3, help="rounds of engine, end-to-end and traced runs, alternated; each figure is the mean of its runs"),
+    rounds: int = typer.Option(3, help="rounds of engine, end-to-end, traced and ceiling runs, alternated (each round the mirror of the one before); each figure is the mean of its runs, a ceiling the best"),
     traced: bool = typer.Option(True, "--traced/--no-traced",
                                 help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
     engine: str = typer.Option("encoder", help="encoder (NER + classifier) or llm (the LLM engine "
@@ -467,6 +467,10 @@ def bench(
                       f"(entity F1 {a['entities_f1']:.3f})")
     if "end_to_end_traced" in r:
         console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
+    if "tracing_cost" in r:
+        t = r["tracing_cost"]
+        console.print(f"tracing costs the worker {t['us_per_event']:.0f} µs of CPU per event (no-op engine, "
+                      f"traced minus untraced), the models {t['end_to_end_cpu_us_per_event']:.0f} µs")
     console.print(f"written to {out}")
     if check:
         failures = b.check(r, json.loads(bounds.read_text()))

@@ -64,6 +64,19 @@ def test_stream_harness_counts_every_event(tmp_path):
     assert r["worker_peak_rss_mb"] > 50 and r["worker_cpu_us_per_event"] > 0
 
 
+def test_tracing_cost_is_the_traced_no_op_runs_cpu_over_the_models_cpu():
+    """The no-op runs of 2026-12-02 (agent: 97/113 µs untraced, 462/386 traced) against the
+    models' ~31 ms: ~1 % of a traced event's CPU is tracing. A tracing 20x as costly fails."""
+    cost = bench.tracing_cost([97.0, 113.0], [462.0, 386.0], 31_000.0)
+    assert cost["us_per_event"] == pytest.approx(319.0)
+    assert cost["untraced/traced_cpu"] == pytest.approx(31_000 / 31_319)
+    expensive = bench.tracing_cost([97.0, 113.0], [6_462.0, 6_386.0], 31_000.0)
+    assert bench.check({"ratios": {"untraced/traced_cpu": expensive["untraced/traced_cpu"]}},
+                       {"ratios": {"untraced/traced_cpu": 0.95}}) == ["untraced/traced_cpu = 0.83 < 0.95"]
+    # Noise that makes the traced no-op runs cheaper counts as no cost, not as a gain.
+    assert bench.tracing_cost([120.0], [110.0], 31_000.0)["untraced/traced_cpu"] == 1.0
+
+
 @pytest.mark.integration
 def test_traced_harness_receives_spans_over_otlp(tmp_path):
     r = bench.bench_traced(200, log_dir=tmp_path, noop=True)
