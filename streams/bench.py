@@ -482,7 +482,6 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
     # sides of a ratio alike. End to end runs on the configured source (`end_to_end`) and on the
     # other one too (`end_to_end_<other>`): both must keep up with the models.
     other = "librdkafka" if settings.source == "faust" else "faust"
-    runs: dict[str, list] = {"engine": [], "plain": [], "traced": [], "other": []}
     steps = {
         "engine": lambda: bench_engine(engine, texts, labels, settings.max_batch),
         "plain": lambda: bench_stream(n_stream, noop=False, log_dir=out.parent),
@@ -491,17 +490,17 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
                                       STREAMS_SOURCE=other),
     }
     order = [step for step in steps if traced or step != "traced"]
+    step_runs: dict[str, list] = {step: [] for step in steps}
     for r in range(rounds):
         for step in (order if r % 2 == 0 else order[::-1]):
-            runs[step].append(steps[step]())
-    engine_runs, plain_runs, other_runs, traced_runs = (runs[k] for k in ("engine", "plain", "other", "traced"))
+            step_runs[step].append(steps[step]())
     if engine.device.type == "cpu":
         results["int8"] = bench_int8(engine, settings, texts, labels, settings.max_batch)
-    results["engine"] = float(np.mean(engine_runs))
-    results["engine_runs_events_per_s"] = engine_runs
+    results["engine"] = float(np.mean(step_runs["engine"]))
+    results["engine_runs_events_per_s"] = step_runs["engine"]
     results["source"] = settings.source
-    results["end_to_end"] = _mean_run(plain_runs)
-    results[f"end_to_end_{other}"] = _mean_run(other_runs)
+    results["end_to_end"] = _mean_run(step_runs["plain"])
+    results[f"end_to_end_{other}"] = _mean_run(step_runs["other"])
     # The stream ceiling of both sources (docs/sources.md): what each can carry, so the best of
     # `rounds` runs, the sources alternated. Another tenant's load only ever slows a run down
     # (the same run ranged 10,000-16,500 events/s within minutes here); every run is kept.
@@ -529,7 +528,7 @@ def _run_throughput(results: dict, engine, settings: Settings, texts, labels, n_
         "engine/reference": results["engine"] / results["reference"],
     }
     if traced:
-        results["end_to_end_traced"] = _mean_run(traced_runs)
+        results["end_to_end_traced"] = _mean_run(step_runs["traced"])
         results["ratios"]["traced/untraced"] = (results["end_to_end_traced"]["events_per_s"]
                                                 / results["end_to_end"]["events_per_s"])
         # traced/untraced above swings 0.91-1.05 between back-to-back pairs of identical runs on
