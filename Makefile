@@ -52,7 +52,8 @@ run-llm: setup
 # quick chaos test run both sources in the first pass already.
 LIBRDKAFKA_SOURCE_TESTS = tests/integration/test_worker.py tests/integration/test_health.py \
 	tests/integration/test_poison.py tests/integration/test_poison_wire.py tests/integration/test_dependencies.py \
-	tests/integration/test_offsets_reset.py::test_live_worker_is_refused_while_running_and_replays_the_window_after_a_reset
+	tests/integration/test_offsets_reset.py::test_live_worker_is_refused_while_running_and_replays_the_window_after_a_reset \
+	tests/contract/test_java_producer.py
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -33,6 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode import Service
+
+try:  # aiokafka decompresses snappy, lz4 and zstd with cramjam; corrupt input raises this
+    from cramjam import DecompressionError
+except ImportError:  # the worker refuses to start without it (app._check_agent_installation)
+    class DecompressionError(Exception):  # type: ignore[no-redef]
+        pass
 from mode.services import WaitResults
 
 from .consume import ConsumerState
@@ -65,47 +71,121 @@ def _placeholder(tp, offset: int, error: str):
     return ConsumerRecord(tp.topic, tp.partition, offset, None, 0, None, None, None, -1, -1, headers)
 
 
-def install_undecodable_guard() -> None:
-    """aiokafka 0.14 decodes a fetched batch lazily inside Faust's fetcher; a batch it cannot
-    decode raises there, which crashes Faust's Fetcher and with it the worker, and the restarted
-    worker meets the same batch (a crash loop: the partition never moves). This wraps
-    `PartitionRecords._unpack_records` so that the records from the failure point to the end
-    of that batch come out as placeholders (`Undecodable` headers): the agent dead-letters them
-    by their coordinates and the partition moves on. The batch header (offsets) is read
-    without decompressing, so every offset gets exactly one outcome. CRC failures are left to
-    aiokafka (it re-fetches)."""
+class OffsetGaps:
+    """Offsets the fetcher passed without a record for the agent: transaction markers, batches
+    of aborted transactions (read_committed), records removed by compaction. Faust commits the
+    end of the run of consecutive acked offsets, so without these it stops one short of a
+    partition whose last offset is a transaction marker (lag 1 forever), and stops for good
+    before any gap it did not note itself (faust 0.15.3 notes one only when the previous
+    offset read is non-zero), while its list of acked offsets grows by one per event.
+
+    Written by the aiokafka consumer thread (`_unpack_records`), read by Faust's commit
+    (`_new_offset`) on the event loop: a lock. A range is a fact about the log (no record
+    there for this consumer), so it stays true whatever the consumer seeks to; ranges below
+    the committed offset are dropped at every commit and a revoked partition's at the revoke."""
+
+    def __init__(self) -> None:
+        self._ranges: dict[tuple[str, int], list[list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def skipped(self, tp: tuple[str, int], start: int, end: int) -> None:
+        if end <= start:
+            return
+        with self._lock:
+            ranges = self._ranges.setdefault(tp, [])
+            if ranges and ranges[-1][1] >= start and ranges[-1][0] <= start:
+                ranges[-1][1] = max(ranges[-1][1], end)
+            else:
+                ranges.append([start, end])
+                ranges.sort()
+
+    def advance(self, tp: tuple[str, int], offset: int) -> int:
+        """`offset`, moved past every noted range it falls into."""
+        with self._lock:
+            for start, end in self._ranges.get(tp, ()):
+                if start <= offset < end:
+                    offset = end
+        return offset
+
+    def forget_below(self, tp: tuple[str, int], offset: int) -> None:
+        with self._lock:
+            ranges = self._ranges.get(tp)
+            if ranges:
+                ranges[:] = [r for r in ranges if r[1] > offset]
+
+    def forget(self, tps) -> None:
+        with self._lock:
+            for tp in tps:
+                self._ranges.pop((tp[0], tp[1]), None)
+
+    def held(self, tp: tuple[str, int] | None = None) -> int:
+        """Ranges noted now, for one partition or all (tests: memory stays bounded)."""
+        with self._lock:
+            if tp is not None:
+                return len(self._ranges.get((tp[0], tp[1]), ()))
+            return sum(len(r) for r in self._ranges.values())
+
+
+OFFSET_GAPS = OffsetGaps()
+
+
+def install_record_reader() -> None:
+    """aiokafka 0.14's `PartitionRecords._unpack_records`, rewritten here for three reasons:
+
+    - a batch it cannot decode (compression bits that lie, a header name that is not UTF-8)
+      raises inside Faust's fetcher, which crashes the worker, and the restarted worker meets
+      the same batch (a crash loop). Here the records from the failure point to the end of
+      that batch come out as placeholders (`Undecodable` headers): the agent dead-letters them
+      by their coordinates and the partition moves on. The batch header (offsets) is read
+      without decompressing, so every offset gets exactly one outcome;
+    - a codec aiokafka cannot decompress (lz4, zstd or snappy without cramjam) is a broken
+      installation, not bad data: the worker stops at once (exit 78) and names the package;
+    - every offset it passes without a record (markers, aborted batches, compacted records)
+      is noted in `OFFSET_GAPS`, so the commit can pass it.
+    Transactions are read as aiokafka does (read_committed: aborted batches skipped). CRC
+    failures are left to aiokafka (it re-fetches)."""
     from aiokafka.consumer import fetcher
 
     if getattr(fetcher.PartitionRecords, "_streams_guarded", False):
         return
-    original = fetcher.PartitionRecords._unpack_records
 
     def _unpack_records(self):
         records = self._records
         tp = self._tp
+        key = (tp.topic, tp.partition)
         while records.has_next():
             batch = records.next_batch()
             if self._check_crcs and not batch.validate_crc():
                 raise fetcher.Errors.CorruptRecordException(f"Invalid CRC - {tp}")
-            if batch.is_control_batch or (
-                    self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None):
-                # Transactions: aiokafka's own path, one batch at a time.
-                sub = _OneBatch(batch)
-                saved, self._records = self._records, sub
-                try:
-                    yield from original(self)
-                finally:
-                    self._records = saved
+            start = self.next_fetch_offset
+            if self._isolation_level == fetcher.READ_COMMITTED and batch.producer_id is not None:
+                self._consume_aborted_up_to(batch.base_offset)
+                if batch.is_control_batch and self._contains_abort_marker(batch):
+                    self._aborted_producers.discard(batch.producer_id)
+                if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                    self.next_fetch_offset = batch.next_offset
+                    OFFSET_GAPS.skipped(key, start, self.next_fetch_offset)
+                    continue
+            if batch.is_control_batch:
+                self.next_fetch_offset = batch.next_offset
+                OFFSET_GAPS.skipped(key, start, self.next_fetch_offset)
                 continue
             try:
                 for record in batch:
                     if record.offset < self.next_fetch_offset:
                         continue
                     consumer_record = self._consumer_record(tp, record)
+                    OFFSET_GAPS.skipped(key, self.next_fetch_offset, record.offset)  # compaction
                     self.next_fetch_offset = record.offset + 1
                     yield consumer_record
             except (UnicodeDecodeError, ValueError, OSError, EOFError, RuntimeError,
-                    fetcher.Errors.CorruptRecordException) as exc:
+                    fetcher.Errors.CorruptRecordException, DecompressionError) as exc:
+                if isinstance(exc, fetcher.Errors.UnsupportedCodecError) and _codec_missing(exc):
+                    log.critical("%s[%d]: a batch at %d..%d is compressed with a codec this "
+                                 "installation cannot decode (%s). Install cramjam (`make setup` "
+                                 "does) and restart; nothing of it was committed.", tp.topic,
+                                 tp.partition, batch.base_offset, batch.next_offset - 1, exc)
+                    _exit(EXIT_FATAL)
                 error = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("%s[%d]: a batch at %d..%d cannot be decoded by aiokafka (%s); "
                           "dead-lettering its records from %d by their coordinates", tp.topic,
@@ -114,10 +194,98 @@ def install_undecodable_guard() -> None:
                 for offset in range(max(self.next_fetch_offset, batch.base_offset), batch.next_offset):
                     self.next_fetch_offset = offset + 1
                     yield _placeholder(tp, offset, error)
-            self.next_fetch_offset = batch.next_offset
+            OFFSET_GAPS.skipped(key, self.next_fetch_offset, batch.next_offset)
+            self.next_fetch_offset = max(self.next_fetch_offset, batch.next_offset)
 
     fetcher.PartitionRecords._unpack_records = _unpack_records
     fetcher.PartitionRecords._streams_guarded = True
+
+
+def install_gap_aware_commit() -> None:
+    """Faust 0.15.3's `Consumer._new_offset` (faust/transport/consumer.py ~1097-1151) commits
+    the end of the first run of consecutive acked offsets, guarded against an unacked head
+    only when the committed offset is non-zero, and its gaps come from offsets the stream saw
+    jump (one off: a gap can swallow the next real record). This one walks from the committed
+    offset through acked offsets and the ranges `OFFSET_GAPS` noted, and stops at the first
+    offset that is neither: nothing unacked is ever passed, and after a transaction marker or
+    compacted records the commit still reaches the end of the partition. What it passed is
+    dropped from the acked list, so that list stays as long as the batch in flight."""
+    from faust.transport import consumer as faust_consumer
+
+    cls = faust_consumer.Consumer
+    if getattr(cls, "_streams_gap_aware", False):
+        return
+
+    def _new_offset(self, tp):
+        committed = self._committed_offset[tp]
+        acked = self._acked[tp]
+        if committed is None:  # the agent commits a start offset before any ack: wait for it
+            return None
+        key = (tp.topic, tp.partition)
+        acked.sort()
+        position, done = committed, 0
+        while True:
+            while done < len(acked) and acked[done] < position:
+                done += 1
+            if done < len(acked) and acked[done] == position:
+                position += 1
+                done += 1
+                continue
+            moved = OFFSET_GAPS.advance(key, position)
+            if moved == position:
+                break
+            position = moved
+        if done:
+            passed = acked[:done]
+            del acked[:done]
+            self._acked_index[tp].difference_update(passed)
+        gaps = self._gap.get(tp)
+        if gaps:
+            gaps.chop(0, position)
+        OFFSET_GAPS.forget_below(key, position)
+        return position if position > committed else None
+
+    cls._new_offset = _new_offset
+    cls._streams_gap_aware = True
+
+
+SUPPORTED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+def _codec_missing(exc: Exception) -> bool:
+    """aiokafka's UnsupportedCodecError for a known codec whose library is missing (a broken
+    installation), as opposed to codec bits no Kafka codec has (a lying batch: bad data)."""
+    return str(exc).startswith("Libraries for")
+
+
+def check_installed_versions() -> str | None:
+    """The patches in this module replace private internals of these exact releases; on any
+    other the worker must not start (what to do instead is in the message)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for name, wanted in SUPPORTED.items():
+        try:
+            got = version(name)
+        except PackageNotFoundError:
+            got = "not installed"
+        if got != wanted:
+            wrong.append(f"{name} {got} (needs {wanted})")
+    if wrong:
+        return ("the Faust agent source patches private internals of faust-streaming 0.15.3 and "
+                "aiokafka 0.14.0, and this installation has " + ", ".join(wrong) +
+                ": install the versions pyproject.toml pins (`make setup`), or run "
+                "STREAMS_SOURCE=librdkafka")
+    return None
+
+
+def missing_codecs() -> list[str]:
+    """Kafka codecs aiokafka cannot decompress in this installation (it needs cramjam for
+    snappy, lz4 and zstd)."""
+    from aiokafka import codec
+
+    return [name for name, has in (("snappy", codec.has_snappy), ("lz4", codec.has_lz4),
+                                   ("zstd", codec.has_zstd), ("gzip", codec.has_gzip)) if not has()]
 
 
 def install_leave_group_on_generation_zero() -> None:
@@ -146,18 +314,6 @@ def install_leave_group_on_generation_zero() -> None:
 
     coordinator._maybe_leave_group = _maybe_leave_group
     coordinator._streams_leaves_gen0 = True
-
-
-class _OneBatch:
-    def __init__(self, batch):
-        self._batch = batch
-
-    def has_next(self) -> bool:
-        return self._batch is not None
-
-    def next_batch(self):
-        batch, self._batch = self._batch, None
-        return batch
 
 
 class _Resume:
@@ -215,6 +371,7 @@ class EagerWaitFirst(Service):
         return await super().wait_first(_Resume(first, blocker), *coros[1:], timeout=timeout)
 
 
+ISOLATION_LEVEL = "read_committed"
 FETCH_MAX_WAIT_MS = 500  # librdkafka's fetch.wait.max.ms default: the other source's
 
 
@@ -229,6 +386,10 @@ class PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        # Committed data only, as the librdkafka source, replay and `streams tail` read: Faust
+        # asks for read_uncommitted unless it runs its own transactions, and would enrich the
+        # records of aborted transactions (a Kafka Streams exactly-once producer, an outbox).
+        consumer._isolation_level = ISOLATION_LEVEL
         return consumer
 
 
@@ -244,7 +405,7 @@ class EagerTransport(aiokafka_driver.Transport):
     Consumer = EagerConsumer
 
 
-async def take_batches(stream, max_batch: int, max_wait_s: float):
+async def take_batches(stream, batch_size, max_wait_s: float):
     """Faust's `Stream.noack_take` (faust/streams.py line 683), with the librdkafka source's
     batch rule (`BatchConsumer.take`): events that queued while the previous batch was being
     processed go at once, without a window; otherwise the window opens with the first event to
@@ -252,7 +413,11 @@ async def take_batches(stream, max_batch: int, max_wait_s: float):
     `within` after every batch, and events queued meanwhile wait through it: at half the
     models' capacity its batches grew to rate x (batch time + window), p50 latency 1.8 s
     against the loop's 0.6 s (`streams bench`, latency). Like `noack_take` it never acks (the
-    agent acks after delivery) and yields Faust's events, in the order they were delivered."""
+    agent acks after delivery) and yields Faust's events, in the order they were delivered.
+    `batch_size`: a number, or a callable read before each batch (an LLM topic's batch is sized
+    by the engine's measured rate, `Runtime.max_events_for`)."""
+    limit = batch_size if callable(batch_size) else (lambda: batch_size)
+    max_batch = max(1, limit())  # this batch's: `add` reads it as it changes
     buffer: list = []
     enough, consumed = asyncio.Event(), asyncio.Event()  # enough: the buffer holds `target`
     target = 1
@@ -294,6 +459,7 @@ async def take_batches(stream, max_batch: int, max_wait_s: float):
     try:
         waiting = 0  # what queued while the previous batch was out
         while not stream.should_stop:
+            max_batch = max(1, limit())
             if waiting:  # already here (within a loop turn or two): as many as waited, no window
                 aim(min(waiting, max_batch))
                 await stream.wait_for_stopped(enough, timeout=max_wait_s)
@@ -404,6 +570,7 @@ class AgentSource:
                  ", ".join(f"{t}[{p}]" for t, p in mine) or "none")
 
     def revoked(self, tps) -> None:
+        OFFSET_GAPS.forget(tps)
         with self.state.lock:
             self.state.joined = False
             self.state.assigned = []
@@ -411,13 +578,18 @@ class AgentSource:
         log.info("revoked %d partitions", len(tps))
 
     # -- the agent body --------------------------------------------------------------------
-    async def consume(self, app, stream) -> None:
+    async def consume(self, app, stream, topic: str | None = None) -> None:
         """The agent: never lets an exception out (see the module's docstring)."""
         self._running += 1
         try:
             await self.ready.wait()
             settings = self.settings
-            async for events in take_batches(stream, settings.max_batch, settings.max_wait_s):
+            runtime = self.runtime
+
+            def batch_size() -> int:
+                return (runtime.max_events_for(topic) if topic else None) or settings.max_batch
+
+            async for events in take_batches(stream, batch_size, settings.max_wait_s):
                 await self._batch(app, stream, events)
         except asyncio.CancelledError:
             self.stopping.set()  # the batch thread gives up its retries; nothing more is acked
@@ -492,9 +664,10 @@ class AgentSource:
                     high = consumer.highwater(tp)
                 except Exception:  # noqa: BLE001 - not known yet
                     continue
-                done = progress.get((topic, partition), (None,))[0]
-                if done is None:
-                    done = consumer._committed_offset.get(tp)
+                # What was processed, or the committed offset where that is further: a commit
+                # that passed a transaction marker ends the lag, which the stall detector reads.
+                done = max((o for o in (progress.get((topic, partition), (None,))[0],
+                                        consumer._committed_offset.get(tp)) if o is not None), default=None)
                 if high is not None and done is not None:
                     lag[(topic, partition)] = max(0, high - done)
             with self.state.lock:

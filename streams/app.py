@@ -19,17 +19,18 @@ import sys
 
 import faust
 from faust.app.base import BootStrategy
+from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import Service
 
-from .agent import (AgentSource, EagerTransport, install_leave_group_on_generation_zero,
-                    install_undecodable_guard)
+from .agent import (AgentSource, EagerTransport, check_installed_versions, install_gap_aware_commit,
+                    install_leave_group_on_generation_zero, install_record_reader, missing_codecs)
 from .engine import ModelLoadError
 from .health import add_health_pages
 from .pipeline import Runtime
 from .serde.registry import SchemaError
 from .settings import Settings
 from .telemetry import logging_config
-from .worker import EXIT_UNFINISHED_BATCH, EnrichmentLoop
+from .worker import EXIT_FATAL, EXIT_UNFINISHED_BATCH, EnrichmentLoop
 
 log = logging.getLogger("streams.app")
 
@@ -48,11 +49,25 @@ class _AgentOnly(BootStrategy):
     enable_sensors = False
 
 
-class _App(faust.App):
+class _OwnPagesWeb(AiohttpWeb):
+    """Faust's aiohttp web server without any of Faust's built-in pages: no /router (the
+    cluster's topology), /table (table data), /graph, /performance, nor the statistics or the
+    index at /. It serves what `app.page` adds: /livez, /readyz and /metrics (streams.health),
+    and the pages of the modules in STREAMS_APP_MODULES."""
+
+    default_blueprints = production_blueprints = debug_blueprints = optional_blueprints = ()
+
+
+class _StreamsApp(faust.App):
+    def _new_web(self) -> AiohttpWeb:
+        return _OwnPagesWeb(self)
+
+
+class _App(_StreamsApp):
     BootStrategy = _HostOnly
 
 
-class _AgentApp(faust.App):
+class _AgentApp(_StreamsApp):
     BootStrategy = _AgentOnly
 
     def _new_transport(self):
@@ -73,23 +88,26 @@ class _AgentApp(faust.App):
 
 
 def faust_credentials(settings: Settings):
-    """The same security settings as the librdkafka clients, for Faust's aiokafka consumer."""
+    """The same security settings as the librdkafka clients (`Settings.librdkafka_config`), for
+    Faust's aiokafka clients: protocol, SASL mechanism (PLAIN unless set, decided in
+    `Settings._security`), username, password, and an ssl context with the same CA file (a
+    directory works too, as for librdkafka), client certificate and key."""
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return None
     context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if settings.kafka_uses_tls:
+        ca = settings.kafka_ssl_cafile
+        context = ssl.create_default_context(cafile=str(ca) if ca and not ca.is_dir() else None,
+                                             capath=str(ca) if ca and ca.is_dir() else None)
         if settings.kafka_ssl_certfile:
             context.load_cert_chain(str(settings.kafka_ssl_certfile),
                                     str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    password = settings.kafka_sasl_password
-    return faust.SASLCredentials(username=settings.kafka_sasl_username or "",
-                                 password=password.get_secret_value() if password else "",
-                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+    return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                 password=settings.kafka_sasl_password.get_secret_value(),
+                                 mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
 
 
 def _faust_settings(settings: Settings) -> dict:
@@ -117,19 +135,45 @@ def _faust_settings(settings: Settings) -> dict:
     )
 
 
+# Faust's web settings that STREAMS_HEALTH_* decide. Faust also reads each from its own
+# environment variable (WEB_PORT, WEB_BIND, APP_WEB_TABLES_ENABLED ...; with APP_ENV_PREFIX,
+# <prefix>_WEB_PORT ...), and there the environment wins over the values create_app passes:
+# a WEB_PORT that Kubernetes puts in every pod of a namespace with a Service named "web"
+# (`tcp://10.0.0.1:80`) would stop the worker. `_faust_env` keeps them from Faust.
+_FAUST_WEB_SETTINGS = ("web_enabled", "web_port", "web_bind", "web_router_enabled", "web_tables_enabled",
+                       "web_stats_enabled", "web_graph_enabled", "web_metrics_enabled")
+
+
+def _faust_web_settings(settings: Settings) -> dict:
+    """The health server: STREAMS_HEALTH_PORT on STREAMS_HEALTH_BIND, on both sources, with
+    Faust's built-in pages off (also left out by `_OwnPagesWeb`)."""
+    return dict(web_enabled=settings.health_port > 0, web_port=settings.health_port or 8080,
+                web_bind=settings.health_bind, web_router_enabled=False, web_tables_enabled=False,
+                web_stats_enabled=False, web_graph_enabled=False, web_metrics_enabled=False)
+
+
+def _faust_env() -> dict[str, str]:
+    """The environment Faust reads its settings from, without its web settings."""
+    names = {faust.Settings.SETTINGS[name].env_name for name in _FAUST_WEB_SETTINGS}
+    return {key: value for key, value in os.environ.items()
+            if not any(key == name or key.endswith(f"_{name}") for name in names)}
+
+
 def create_app(settings: Settings) -> faust.App:
     agent = settings.source == "faust"
     app = (_AgentApp if agent else _App)(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
-        web_enabled=settings.health_port > 0,
-        web_port=settings.health_port or 8080,
-        web_bind=settings.health_bind,
+        **_faust_web_settings(settings),
+        env=_faust_env(),
         datadir=str(settings.model_cache.parent / "faust-data"),
         logging_config=logging_config(settings.log_level, settings.log_format),
         autodiscover=list(settings.app_modules) or False,  # users' agents, tables, pages
         **(_faust_settings(settings) if agent else {}),
     )
+    # STREAMS_HEALTH_PORT alone turns the server on or off, also under `faust -A streams.app
+    # worker` (its --with-web/--without-web flag, on by default, would set conf.web_enabled).
+    app.boot_strategy.enable_web = settings.health_port > 0
     app.conf.streams_settings = settings  # for tests and the CLI
     app.runtime = None  # type: ignore[attr-defined]
     # The source: what health, metrics and shutdown read (state, alive(), runtime).
@@ -143,6 +187,8 @@ def create_app(settings: Settings) -> faust.App:
         lets the batch in flight finish within the grace period."""
 
         async def on_start(self) -> None:
+            if agent:
+                _check_agent_installation()
             if app.runtime is None:
                 app.runtime = await _runtime(app, settings)
             if agent:
@@ -189,16 +235,35 @@ async def _runtime(app: faust.App, settings: Settings) -> Runtime:
         os._exit(EXIT_STARTUP)
 
 
+def _check_agent_installation() -> None:
+    """A Faust or aiokafka release the agent's patches were not written for, or a Kafka codec
+    aiokafka cannot decompress, is a broken installation: stop before taking any event (78),
+    never dead-letter what a Java producer compressed with lz4, zstd or snappy."""
+    problem = check_installed_versions()
+    missing = missing_codecs()
+    if problem is None and missing:
+        problem = (f"aiokafka cannot decompress {', '.join(missing)} batches in this installation "
+                   "(Java producers' compression.type): install cramjam (`make setup` does), or "
+                   "run STREAMS_SOURCE=librdkafka")
+    if problem is not None:
+        log.critical("cannot start: %s", problem)
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(EXIT_FATAL)
+
+
 def _add_agent(app: faust.App, settings: Settings) -> None:
     source: AgentSource = app.source
-    install_undecodable_guard()
+    install_record_reader()
+    install_gap_aware_commit()
     install_leave_group_on_generation_zero()
     for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
         topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
 
-        async def enrich(stream):
-            """Enrich one input topic: batches of max_batch events, acked after delivery."""
-            await source.consume(app, stream)
+        async def enrich(stream, topic=route.input):
+            """Enrich one input topic: batches of max_batch events (an LLM topic's sized by
+            time), acked after delivery."""
+            await source.consume(app, stream, topic)
 
         app.agent(topic, name=f"streams.enrich.{route.input}", concurrency=1)(enrich)
 

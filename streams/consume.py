@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from .errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
-from .kafka import read_headers
+from .kafka import ISOLATION, read_headers
 from .records import InRecord
 from .settings import Settings
 
@@ -113,6 +113,7 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
+        **ISOLATION,
         "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat.interval.ms": max(1000, int(settings.kafka_session_timeout_s * 200)),
         "max.poll.interval.ms": int(settings.max_poll_interval_s * 1000),
@@ -140,6 +141,12 @@ class BatchConsumer:
         self.settings = settings
         self.state = ConsumerState()
         self._undecodable: dict[tuple[str, int], _Undecodable] = {}
+        # Per assigned partition: the offset committed last (this worker's, or the group's
+        # as read once); and the partitions that skipped records after a seek past an
+        # undecodable one, until a record of theirs is taken again (their position may lag
+        # the seek until then, so it is not committed).
+        self._committed: dict[tuple[str, int], int] = {}
+        self._errored: set[tuple[str, int]] = set()
         self._consumer = Consumer(consumer_config(settings, self.state))
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
@@ -151,6 +158,7 @@ class BatchConsumer:
             self.state.assigned_at = time.monotonic()
             self.state.progress.clear()
             self.state.pending.clear()
+        self._committed.clear()
         log.info("assigned %d partitions: %s", len(partitions),
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
 
@@ -161,22 +169,27 @@ class BatchConsumer:
             self.state.assigned = []
             self.state.pending.clear()
         self._undecodable.clear()
+        self._committed.clear()
+        self._errored.clear()
         log.info("revoked %d partitions", len(partitions))
 
-    def take(self) -> list[InRecord]:
-        """The next micro-batch; empty when nothing arrived within max_wait_s. A record the
-        client cannot decode comes back as an InRecord with `client_error` set (data, not an
-        exception), once it has been re-fetched `undecodable_refetches` times."""
+    def take(self, limit: int | None = None) -> list[InRecord]:
+        """The next micro-batch of at most `limit` records (default max_batch: an LLM topic's
+        batch is sized by time, `Runtime.max_events`); empty when nothing arrived within
+        max_wait_s. A record the client cannot decode comes back as an InRecord with
+        `client_error` set (data, not an exception), once it has been re-fetched
+        `undecodable_refetches` times."""
+        max_batch = min(limit or self.settings.max_batch, self.settings.max_batch)
         # What already waits locally goes at once: those records have waited through the
         # previous batch already, and a window on top would only add to their latency. An
         # empty queue waits (up to max_wait_s) for a first record, and the batch window opens
         # with it: a burst that starts late in the wait is not cut in two (for an LLM, half a
         # burst is a whole extra decoding run).
-        messages = self._consumer.consume(self.settings.max_batch, 0)
+        messages = self._consumer.consume(max_batch, 0)
         if not messages:
             messages = self._consumer.consume(1, self.settings.max_wait_s)
-            if messages and self.settings.max_batch > 1:
-                messages += self._consumer.consume(self.settings.max_batch - 1, self.settings.max_wait_s)
+            if messages and max_batch > 1:
+                messages += self._consumer.consume(max_batch - 1, self.settings.max_wait_s)
         self.state.last_poll = time.monotonic()
         records = []
         errored: set[tuple[str, int]] = set()
@@ -193,6 +206,8 @@ class BatchConsumer:
             records.append(InRecord(m.topic(), m.partition(), m.offset(),
                                     None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
                                     m.key(), m.value(), read_headers(m)))
+        self._errored = (self._errored - {(r.topic, r.partition) for r in records
+                                          if r.client_error is None}) | errored
         self.state.taken(records)
         return records
 
@@ -232,23 +247,60 @@ class BatchConsumer:
         self._consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
 
     def commit(self, records: list[InRecord]) -> bool:
-        """Commit the offset after each partition's last record; synchronous, so a returned
-        True means the group coordinator has it. False (logged) when the partitions were
-        taken away meanwhile: their records are re-delivered to the new owner."""
+        """Commit, per partition, the offset after the last record of the batch, or the
+        consumer's position where that is further: past offsets that hold no record for this
+        consumer (a transaction's commit or abort marker, an aborted transaction's records,
+        records removed by compaction), which would otherwise leave the committed offset one
+        short of the partition's end for good. The position never passes a record that was not
+        handed out in a batch (batches run one at a time), except after a seek past an
+        undecodable record, whose partition keeps the batch's own offset. Synchronous, so a
+        returned True means the group coordinator has it. False (logged) when the partitions
+        were taken away meanwhile: their records are re-delivered to the new owner."""
         next_offsets: dict[tuple[str, int], int] = {}
         for rec in records:
             key = (rec.topic, rec.partition)
             if rec.offset + 1 > next_offsets.get(key, OFFSET_INVALID):
                 next_offsets[key] = rec.offset + 1
+        for key, position in self._positions().items():
+            if key in next_offsets or key in self._committed:
+                if position > max(next_offsets.get(key, OFFSET_INVALID), self._committed.get(key, OFFSET_INVALID)):
+                    next_offsets[key] = position
         if not next_offsets:
             return True
         offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
-            return True
         except KafkaException as exc:
             log.warning("commit failed (%s); those records will be re-delivered", exc.args[0])
             return False
+        self._committed.update(next_offsets)
+        return True
+
+    def commit_passed(self) -> None:
+        """Between batches: commit positions that moved past offsets without a record since
+        the last commit (a transaction marker that arrived after the partition's last record).
+        The first time a partition is seen, its committed offset is read from the group."""
+        unknown = [TopicPartition(t, p) for t, p in self.state.assigned if (t, p) not in self._committed]
+        if unknown:
+            try:
+                for tp in self._consumer.committed(unknown, timeout=5):
+                    self._committed[(tp.topic, tp.partition)] = tp.offset
+            except KafkaException as exc:
+                log.warning("could not read the committed offsets (%s)", exc.args[0])
+                return
+        if any(position > self._committed.get(key, OFFSET_INVALID) and self._committed.get(key, -1) >= 0
+               for key, position in self._positions().items()):
+            self.commit([])
+
+    def _positions(self) -> dict[tuple[str, int], int]:
+        assigned = [TopicPartition(t, p) for t, p in self.state.assigned if (t, p) not in self._errored]
+        if not assigned:
+            return {}
+        try:
+            return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)
+                    if tp.offset >= 0}
+        except KafkaException:  # not assigned any more: nothing to add
+            return {}
 
     def close(self) -> None:
         """Leave the group now, so its partitions move to other workers without waiting for

@@ -5,7 +5,9 @@ things: `state` (a ConsumerState), `alive()` and `runtime`.
 
 /livez   200 while the event loop answers and the source (the loop's thread, the agent) is
          alive and polling (a loop stuck longer than max_poll_interval_s is not live, unless it is
-         waiting out a failed dependency, which it reports on /readyz), else 503
+         waiting out a failed dependency, which it reports on /readyz, or its engine is still
+         making progress: the LLM engine's last prefill or decoding step is more recent than
+         max_poll_interval_s, so a long batch that progresses is not restarted), else 503
 /readyz  200 once the models are loaded, the consumer has joined its group, a broker is
          reachable, no dependency is being waited for (registry, broker, accelerator) and no
          partition with lag has stood still for stall_after_s; else 503 with the failing checks
@@ -28,12 +30,19 @@ def liveness(app: faust.App) -> tuple[bool, dict]:
     runner = getattr(app, "source", None)
     if runner is None or runner.runtime is None:  # still loading models: live, not ready
         return True, {"status": "ok", "loop": "starting"}
-    since_poll = time.monotonic() - runner.state.last_poll
+    now = time.monotonic()
+    since_poll = now - runner.state.last_poll
     stuck_after = app.conf.streams_settings.max_poll_interval_s
     waiting = runner.state.degraded is not None or runner.runtime.producer.retrying is not None
-    live = runner.alive() and (since_poll < stuck_after or waiting)
-    return live, {"status": "ok" if live else "stuck", "loop_alive": runner.alive(),
-                  "seconds_since_poll": round(since_poll, 1)}
+    progress_at = getattr(runner.runtime.engine, "progress_at", None)  # engines that report it
+    since_progress = None if progress_at is None else now - progress_at
+    progressing = since_progress is not None and since_progress < stuck_after
+    live = runner.alive() and (since_poll < stuck_after or waiting or progressing)
+    body = {"status": "ok" if live else "stuck", "loop_alive": runner.alive(),
+            "seconds_since_poll": round(since_poll, 1)}
+    if since_progress is not None:
+        body["seconds_since_progress"] = round(since_progress, 1)
+    return live, body
 
 
 def readiness(app: faust.App) -> tuple[bool, dict]:

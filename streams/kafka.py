@@ -18,9 +18,20 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.librdkafka_config())
 
 
+# What every client of the service asks for, whatever it reads or writes:
+# - committed data only (a Java transactional producer's aborted records are never enriched,
+#   replayed or shown); librdkafka's default too, stated so no one reads it as an accident;
+# - Java's default partitioner for keyed records: murmur2 of the key, so an enriched record
+#   and its dead letter land in the partition a Java producer gives the same key (with equal
+#   partition counts: the input's own), and Kafka Streams can join them. librdkafka's default,
+#   consistent_random (CRC32), picks another partition for most keys.
+ISOLATION = {"isolation.level": "read_committed"}
+PARTITIONER = {"partitioner": "murmur2_random"}
+
+
 def producer(settings: Settings, **extra) -> Producer:
     conf = settings.librdkafka_config() | {"acks": "all", "enable.idempotence": True,
-                                           "linger.ms": 5} | extra
+                                           "linger.ms": 5} | PARTITIONER | extra
     return Producer(conf)
 
 
@@ -31,7 +42,7 @@ def consumer(settings: Settings, group_id: str, *, from_beginning: bool = True, 
         "enable.auto.commit": False,
         "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000),
         "topic.metadata.refresh.interval.ms": 2000,
-    } | extra
+    } | ISOLATION | extra
     return Consumer(conf)
 
 

@@ -142,6 +142,22 @@ class Runtime:
         if llm is not None:
             llm.on_dropped_spans = self.telemetry.metrics.record_llm_dropped_spans
 
+    def max_events_for(self, topic: str) -> int | None:
+        """The most events of `topic` a source should take into one batch: the LLM's measured
+        events/s x `llm_batch_budget_s` (default max_poll_interval_s / 3), at least 1, at most
+        `max_batch`; None when the topic does not use the LLM (take up to `max_batch`)."""
+        cap = getattr(self.engine, "max_events_for", None)
+        if cap is None:
+            return None
+        s = self.settings
+        n = cap(topic, s.llm_batch_budget_s or s.max_poll_interval_s / 3)
+        return None if n is None else min(n, s.max_batch)
+
+    def max_events(self) -> int | None:
+        """For a source whose batch mixes every input topic: the smallest cap of any topic."""
+        caps = [n for n in (self.max_events_for(r.input) for r in self.settings.topics) if n is not None]
+        return min(caps) if caps else None
+
 
 PROBE_TEXT = "Hello, my parcel has not arrived yet."
 
@@ -203,7 +219,8 @@ def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides
                    retry_max_new_tokens=settings.llm_retry_max_new_tokens,
                    max_batch=settings.llm_batch, max_tokens=settings.llm_max_tokens_per_pass,
                    few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache,
-                   max_string_chars=settings.llm_max_string_chars or None)
+                   max_string_chars=settings.llm_max_string_chars or None,
+                   max_input_tokens=settings.llm_max_input_tokens)
     if settings.llm_examples_dir is not None:
         options["examples_dir"] = settings.llm_examples_dir
     if telemetry is not None:
@@ -267,34 +284,89 @@ def _no_headers(rec: InRecord) -> list[tuple[str, bytes]]:
 def _chunks(oks: list, size: int | None) -> list[list]:
     """The decoded events in groups for the engine: all at once (`size` None), or sorted by
     text length and cut into groups of `size`, so each group's forward passes pad little and
-    its outputs can leave before the longer texts are done."""
+    its outputs can leave before the longer texts are done (`InOrder` holds back whatever
+    would overtake an earlier record of its partition)."""
     if size is None or len(oks) <= size:
         return [oks] if oks else []
     ordered = sorted(oks, key=lambda ok: len(ok[2].text))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
+_PENDING = object()  # an outcome not known yet
+
+
+class InOrder:
+    """Outcomes of a batch's records (an output, a dead letter, or nothing for a tombstone)
+    released per partition in input offset order, whatever order inference finished them in:
+    Kafka keeps per-key order only if the producer sends a partition's records in order, and a
+    Java subscriber (a Kafka Streams join, a state machine per order id) relies on it."""
+
+    def __init__(self, records: Sequence[InRecord]):
+        self._outcomes: list = [_PENDING] * len(records)
+        self._queues: dict[int, list[int]] = {}
+        for i, rec in enumerate(records):
+            self._queues.setdefault(rec.partition, []).append(i)
+        self._next = dict.fromkeys(self._queues, 0)
+
+    def settle(self, i: int, outcome: OutRecord | None) -> None:
+        self._outcomes[i] = outcome
+
+    def release(self) -> list[OutRecord]:
+        """What can leave now: each partition's settled records up to its first unsettled one."""
+        out = []
+        for partition, queue in self._queues.items():
+            n = self._next[partition]
+            while n < len(queue) and self._outcomes[queue[n]] is not _PENDING:
+                outcome = self._outcomes[queue[n]]
+                if outcome is not None:
+                    out.append(outcome)
+                n += 1
+            self._next[partition] = n
+        return out
+
+
 def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
             more: Callable[[InRecord], list[tuple[str, bytes]]], trace: BatchTrace | None,
             emit: Emit | None = None) -> BatchResult:
     oks: list[tuple[int, InRecord, InputEvent]] = []
-    bad: list[tuple[int, InRecord, str, str, str, BaseException | None]] = []
+    bad: list[tuple[InRecord, str]] = []  # (record, reason), for the metrics
     tombstone_partitions: list[int] = []
     result = BatchResult(out=[])
+    order = InOrder(records)
+
+    def dead(i: int, rec: InRecord, reason: str, message: str, error_class: str,
+             exc: BaseException | None = None) -> None:
+        if trace is None:
+            _log_dead_letter(rec, reason, message)
+        else:
+            with trace.current(i):  # the line carries the event's (the producer's) trace id
+                _log_dead_letter(rec, reason, message)
+        bad.append((rec, reason))
+        order.settle(i, dead_letter(runtime, route, rec, reason, message, error_class, exc, more,
+                                    None if trace is None else trace.send(i, route.dlq, reason)))
+
+    def release() -> None:
+        ready = order.release()
+        if emit is not None and ready:
+            emit(ready)
+        result.out.extend(ready)
+
     for i, rec in enumerate(records):
         if rec.client_error is not None:
-            bad.append((i, rec, "undecodable_record", rec.client_error, "KafkaError", None))
+            dead(i, rec, "undecodable_record", rec.client_error, "KafkaError")
             continue
         decoded = decode_input(rec.value, rec.topic, runtime.catalog, runtime.settings.max_text_bytes)
         if decoded is None:
             tombstone_partitions.append(rec.partition)
+            order.settle(i, None)
             if trace is not None:
                 trace.tombstone(i)
         elif isinstance(decoded, DecodeError):
-            bad.append((i, rec, decoded.reason, decoded.message, "DecodeError", None))
+            dead(i, rec, decoded.reason, decoded.message, "DecodeError")
         else:
             oks.append((i, rec, decoded))
     result.tombstones = len(tombstone_partitions)
+    release()  # what precedes the first decoded event of each partition leaves at once
 
     producer = runtime.producer
     labels = runtime.labels[route.input]
@@ -307,19 +379,20 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
         result.inference_ms += chunk_ms
         if trace is not None:
             trace.inference([i for i, _, _ in chunk], start_ns, time.time_ns())
-        ready = []
         for (i, rec, event), inference in zip(chunk, inferred):
             if isinstance(inference, InferenceFailure):
-                bad.append((i, rec, inference.reason, describe(inference.exc),
-                            type(inference.exc).__name__, inference.exc))
+                dead(i, rec, inference.reason, describe(inference.exc), type(inference.exc).__name__,
+                     inference.exc)
                 continue
             source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
             try:
                 value = runtime.catalog.encode_enriched(
                     enriched_record(event, inference, source, runtime.models[route.input], chunk_ms),
                     route.output)
+            except (RetriableError, FatalError):
+                raise  # the registry, not the record: waited for or fatal (serde.registry_failure)
             except Exception as exc:  # noqa: BLE001
-                bad.append((i, rec, "encode_error", describe(exc), type(exc).__name__, exc))
+                dead(i, rec, "encode_error", describe(exc), type(exc).__name__, exc)
                 continue
             key = rec.key if rec.key is not None else event.event_id.encode()
             if trace is None:
@@ -328,31 +401,17 @@ def _enrich(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
                 headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
             out = OutRecord(route.output, key, value, headers, "output", rec)
             if not producer.fits(out):  # sized before producing: librdkafka would refuse it
-                bad.append((i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
-                            f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge",
-                            None))
+                dead(i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
+                     f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge")
                 continue
-            ready.append(out)
-        if emit is not None and ready:
-            emit(ready)
-        result.out.extend(ready)
-    result.enriched = len(result.out)
-
-    for i, rec, reason, message, error_class, exc in bad:
-        if trace is None:
-            _log_dead_letter(rec, reason, message)
-        else:
-            with trace.current(i):  # the line carries the event's (the producer's) trace id
-                _log_dead_letter(rec, reason, message)
-        result.out.append(dead_letter(runtime, route, rec, reason, message, error_class, exc, more,
-                                      None if trace is None else trace.send(i, route.dlq, reason)))
+            order.settle(i, out)
+            result.enriched += 1
+        release()
     result.dead = len(bad)
-    if emit is not None and bad:
-        emit(result.out[result.enriched:])
 
     runtime.telemetry.metrics.record_batch(
         route.input, records, tombstone_partitions=tombstone_partitions,
-        dead=[(rec.partition, reason) for _, rec, reason, _, _, _ in bad],
+        dead=[(rec.partition, reason) for rec, reason in bad],
         inference_s=result.inference_ms / 1000 if oks else None)
     return result
 

@@ -18,6 +18,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from .errors import FatalError, classify_delivery, producer_state_lost, sanitize
+from .kafka import PARTITIONER
 from .records import OutRecord
 
 log = logging.getLogger("streams.produce")
@@ -40,7 +41,7 @@ class AckingProducer:
         self.max_message_bytes = max_message_bytes
         self.max_backoff_s = max_backoff_s
         self._config = config | {"acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                                 "message.max.bytes": max_message_bytes}
+                                 "message.max.bytes": max_message_bytes} | PARTITIONER
         self._producer = Producer(self._config)
         self._failed: list[tuple[OutRecord, KafkaError]] = []
         self._lock = threading.Lock()

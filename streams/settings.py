@@ -72,8 +72,10 @@ def default_routes() -> list[TopicRoute]:
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a settings error never prints the values it was given (the SASL
+    # password and the registry's user:password among them).
     model_config = SettingsConfigDict(env_prefix="STREAMS_", env_nested_delimiter="__",
-                                      extra="ignore")
+                                      extra="ignore", hide_input_in_errors=True)
 
     app_id: str = Field("streams-enricher", description="Faust app id; also the consumer group")
     source: Literal["faust", "librdkafka"] = Field(
@@ -88,15 +90,23 @@ class Settings(BaseSettings):
                                           "[\"streams.examples.label_counts\"]; docs/sources.md")
     worker_id: str = Field("", description="names this worker in DLQ headers; default host:pid")
 
-    # Kafka connection and security (SASL PLAIN/SCRAM and SSL reach every client).
+    # Kafka connection and security: one story for every client. The librdkafka consumer,
+    # producer and admin client (librdkafka_config) and Faust's aiokafka clients
+    # (streams.app.faust_credentials) get the same protocol, SASL mechanism, credentials and TLS
+    # files; the schema registry client gets the same TLS files unless it has its own
+    # (schema_registry_config). Checked at start-up by _security.
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL_* protocols only; unset: PLAIN, for every client")
+    kafka_sasl_username: str | None = Field(None, description="required with a SASL_* protocol")
+    kafka_sasl_password: SecretStr | None = Field(None, description="required with a SASL_* protocol")
+    kafka_ssl_cafile: Path | None = Field(None, description="SSL/SASL_SSL: the CA bundle that signed "
+                                                            "the brokers' certificates; unset: the system CAs")
+    kafka_ssl_certfile: Path | None = Field(None, description="SSL/SASL_SSL: client certificate "
+                                                              "(PEM) for mutual TLS")
+    kafka_ssl_keyfile: Path | None = Field(None, description="its private key (PEM); unset: in the "
+                                                             "certificate file")
     kafka_session_timeout_s: float = Field(10.0, description="group session timeout; a join waits about half of it")
     topic_partitions: int = Field(4, ge=1, description="partitions of the output and DLQ topics the worker creates")
     topic_replication_factor: int = Field(
@@ -174,6 +184,13 @@ class Settings(BaseSettings):
                                                 "finished row is replaced by the next text)")
     llm_max_tokens_per_pass: int = Field(16384, ge=256, description="cap on (prompt + new) tokens x "
                                                                       "rows decoded together")
+    llm_max_input_tokens: int = Field(1024, ge=16, description="tokens of an event's text the LLM "
+                                      "takes; a longer text is dead-lettered too_long_for_model "
+                                      "(prefix + this + the retry cap must fit the model's context)")
+    llm_batch_budget_s: float | None = Field(
+        None, gt=0, description="seconds of LLM work one batch of an LLM topic may take: the sources "
+                                "take at most measured events/s x this many events (Runtime.max_events_for); "
+                                "unset: max_poll_interval_s / 3")
     llm_few_shot: bool = Field(False, description="put the topic's examples "
                                                  "(streams/engine/examples/<topic>.jsonl) in the prompt")
     llm_prefix_cache: bool = Field(True, description="compute the instructions' and examples' KV "
@@ -194,11 +211,24 @@ class Settings(BaseSettings):
     # Avro output through a Confluent schema registry; mock:// lives inside one process.
     schema_registry_url: str = "mock://streams"
     schema_registry_auth: SecretStr | None = Field(None, description="user:password for basic auth")
+    schema_registry_ssl_cafile: Path | None = Field(
+        None, description="https registries: the CA bundle that signed the registry's certificate; "
+                          "unset: STREAMS_KAFKA_SSL_CAFILE, else certifi's bundle ($SSL_CERT_FILE)")
+    schema_registry_ssl_certfile: Path | None = Field(
+        None, description="https registries: client certificate (PEM) for mutual TLS; unset: "
+                          "STREAMS_KAFKA_SSL_CERTFILE (and its key)")
+    schema_registry_ssl_keyfile: Path | None = Field(
+        None, description="its private key (PEM); unset: STREAMS_KAFKA_SSL_KEYFILE when the "
+                          "certificate is the Kafka one, else in the certificate file")
+    schema_registry_timeout_s: float = Field(
+        10.0, gt=0, description="limit on connecting to the registry and on each read and write "
+                                "of a request (httpx); the client retries a timed-out request 3 times")
     schema_auto_register: bool = True
     schema_dir: Path = REPO_ROOT / "schemas"
 
     health_port: int = Field(8080, description="HTTP port for /livez, /readyz and /metrics; 0 disables it")
-    health_bind: str = "0.0.0.0"
+    health_bind: str = Field("0.0.0.0", description="address the health server listens on, both "
+                                                    "sources (127.0.0.1: this host only)")
 
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line, "
                                                                     "with trace_id/span_id inside a span")
@@ -220,17 +250,99 @@ class Settings(BaseSettings):
         hosts = [b.strip().rsplit(":", 1)[0].strip("[]") for b in self.kafka_bootstrap.split(",")]
         return all(h in ("127.0.0.1", "localhost", "::1") for h in hosts)
 
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    @property
+    def kafka_uses_tls(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _security(self) -> "Settings":
+        """One security story, checked at start-up rather than at a client's first connect.
+        SASL_*: the mechanism defaults to PLAIN here, once, so every client reads the same
+        one (librdkafka's own default is GSSAPI, aiokafka's PLAIN); a username and a password
+        are required. SASL or TLS settings with a protocol that does not use them are refused
+        instead of being ignored by some clients."""
+        protocol = self.kafka_security_protocol
+        if self.kafka_uses_sasl:
+            if self.kafka_sasl_mechanism is None:
+                self.kafka_sasl_mechanism = "PLAIN"
+            password = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+            missing = [name for name, value in (("STREAMS_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                                                ("STREAMS_KAFKA_SASL_PASSWORD", password)) if not value]
+            if missing:
+                raise ValueError(f"STREAMS_KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)} "
+                                 f"(SASL {self.kafka_sasl_mechanism})")
+        else:
+            given = [name for name, value in (("STREAMS_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                                              ("STREAMS_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                                              ("STREAMS_KAFKA_SASL_PASSWORD", self.kafka_sasl_password))
+                     if value]
+            if given:
+                raise ValueError(f"{', '.join(given)} set, but STREAMS_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                                 "use SASL_PLAINTEXT or SASL_SSL, or unset them")
+        tls_files = [name for name, value in (("STREAMS_KAFKA_SSL_CAFILE", self.kafka_ssl_cafile),
+                                              ("STREAMS_KAFKA_SSL_CERTFILE", self.kafka_ssl_certfile),
+                                              ("STREAMS_KAFKA_SSL_KEYFILE", self.kafka_ssl_keyfile)) if value]
+        if tls_files and not self.kafka_uses_tls:
+            raise ValueError(f"{', '.join(tls_files)} set, but STREAMS_KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                             "use SSL or SASL_SSL (the schema registry has STREAMS_SCHEMA_REGISTRY_SSL_*)")
+        for prefix, cert, key in (("STREAMS_KAFKA_SSL", self.kafka_ssl_certfile, self.kafka_ssl_keyfile),
+                                  ("STREAMS_SCHEMA_REGISTRY_SSL", self.schema_registry_ssl_certfile,
+                                   self.schema_registry_ssl_keyfile)):
+            if key and not cert:
+                raise ValueError(f"{prefix}_KEYFILE needs {prefix}_CERTFILE (the client certificate of that key)")
+        registry_files = [name for name, value in (
+            ("STREAMS_SCHEMA_REGISTRY_SSL_CAFILE", self.schema_registry_ssl_cafile),
+            ("STREAMS_SCHEMA_REGISTRY_SSL_CERTFILE", self.schema_registry_ssl_certfile)) if value]
+        if registry_files and not self.schema_registry_uses_tls:
+            raise ValueError(f"{', '.join(registry_files)} set, but STREAMS_SCHEMA_REGISTRY_URL is not "
+                             "https://")
+        return self
+
     def librdkafka_config(self) -> dict[str, str]:
-        """Connection settings for confluent-kafka (producer, consumer, admin)."""
+        """Connection settings for confluent-kafka (producer, consumer, admin): the same
+        protocol, SASL mechanism, credentials and TLS files as Faust's clients get."""
         conf = {"bootstrap.servers": self.kafka_bootstrap,
                 "security.protocol": self.kafka_security_protocol.lower()}
-        if self.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-            conf["sasl.username"] = self.kafka_sasl_username or ""
-            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_uses_sasl:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism  # PLAIN unless set (_security)
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         for key, path in (("ssl.ca.location", self.kafka_ssl_cafile),
                           ("ssl.certificate.location", self.kafka_ssl_certfile),
                           ("ssl.key.location", self.kafka_ssl_keyfile)):
             if path:
                 conf[key] = str(path)
+        return conf
+
+    @property
+    def schema_registry_uses_tls(self) -> bool:
+        urls = [u.strip() for u in self.schema_registry_url.split(",") if u.strip()]
+        return any(u.lower().startswith("https://") for u in urls)
+
+    def schema_registry_tls_files(self) -> dict[str, Path]:
+        """The registry client's TLS files: its own, else the Kafka ones (only for an https://
+        registry). A certificate comes with its own key setting: the registry's certificate
+        never gets the Kafka key."""
+        if not self.schema_registry_uses_tls:
+            return {}
+        ca = self.schema_registry_ssl_cafile or self.kafka_ssl_cafile
+        if self.schema_registry_ssl_certfile:
+            cert, key = self.schema_registry_ssl_certfile, self.schema_registry_ssl_keyfile
+        else:
+            cert, key = self.kafka_ssl_certfile, self.kafka_ssl_keyfile
+        return {k: v for k, v in (("ssl.ca.location", ca), ("ssl.certificate.location", cert),
+                                  ("ssl.key.location", key)) if v}
+
+    def schema_registry_config(self) -> dict:
+        """The confluent-kafka SchemaRegistryClient's conf: url, basic auth, TLS files and the
+        request timeout (httpx's connect/read/write/pool timeout; the client's default is none,
+        so a registry that accepts the connection and never answers would block forever)."""
+        conf: dict = {"url": self.schema_registry_url, "timeout": self.schema_registry_timeout_s}
+        if self.schema_registry_auth:
+            conf["basic.auth.user.info"] = self.schema_registry_auth.get_secret_value()
+        conf.update({k: str(v) for k, v in self.schema_registry_tls_files().items()})
         return conf

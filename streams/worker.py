@@ -159,11 +159,15 @@ class EnrichmentLoop:
 
     def run(self) -> None:
         """Until `stop()`: a batch in progress always finishes (delivered and committed)."""
+        passed_at = time.monotonic()
         try:
             while not self.stopping.is_set():
-                records = self.consumer.take()
+                records = self.consumer.take(self.runtime.max_events())
                 if records:
                     self.process_until_done(records)
+                elif time.monotonic() - passed_at > 1.0:
+                    self.consumer.commit_passed()
+                    passed_at = time.monotonic()
                 self._report_lag()
         except FatalError as exc:
             log.critical("fatal: %s. Exiting without committing the batch in progress.", exc)

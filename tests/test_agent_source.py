@@ -11,7 +11,7 @@ from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from streams.agent import Undecodable, install_undecodable_guard, to_record
+from streams.agent import Undecodable, install_record_reader, to_record
 from streams.app import create_app
 from streams.kafka import OMITTED_HEADERS
 from streams.settings import Settings
@@ -21,7 +21,7 @@ TP = TopicPartition("in", 3)
 
 
 def _fetched(batches: list[bytes], fetch_offset: int = 0) -> list:
-    install_undecodable_guard()
+    install_record_reader()
     records = MemoryRecords(b"".join(batches))
     return list(PartitionRecords(TP, records, [], fetch_offset, None, None, True, READ_UNCOMMITTED))
 
@@ -112,7 +112,8 @@ def test_the_agent_consumer_gets_the_same_security_as_the_librdkafka_clients():
     assert auth["security_protocol"] == "SASL_PLAINTEXT" and auth["sasl_mechanism"] == "SCRAM-SHA-512"
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("svc", "s3cret")
     tls = credentials_to_aiokafka_auth(faust_credentials(
-        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN")))
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN",
+                 kafka_sasl_username="svc", kafka_sasl_password="s3cret")))
     assert tls["security_protocol"] == "SASL_SSL" and tls["ssl_context"] is not None
     assert credentials_to_aiokafka_auth(faust_credentials(Settings(kafka_security_protocol="SSL")))[
         "security_protocol"] == "SSL"
@@ -217,3 +218,123 @@ def test_the_agent_app_consumes_through_the_eager_consumer():
 
     app = create_app(Settings(source="faust"))
     assert app.transport.Consumer is EagerConsumer
+
+
+# -- transactions, compaction and the commit (read_committed, issue: real Java traffic) ------
+from aiokafka.consumer.fetcher import READ_COMMITTED  # noqa: E402
+
+from streams.agent import OFFSET_GAPS, OffsetGaps, install_gap_aware_commit  # noqa: E402
+from tests.fixtures.raw_records import build_marker, build_txn_batch  # noqa: E402
+
+
+def test_the_agent_consumer_reads_committed_data_only():
+    from streams.agent import PromptConsumerThread
+
+    import asyncio
+
+    async def create():
+        app = create_app(Settings(source="faust", health_port=0))
+        thread = PromptConsumerThread(app.consumer, loop=asyncio.get_running_loop(),
+                                      beacon=app.consumer.beacon)
+        return thread._create_worker_consumer(app.transport)
+
+    consumer = asyncio.run(create())
+    assert consumer._isolation_level == "read_committed"
+
+
+def test_aborted_transactions_are_skipped_and_every_passed_offset_is_noted():
+    install_record_reader()
+    tp = TopicPartition("txn", 0)
+    OFFSET_GAPS.forget([tp])
+    committed = build_txn_batch([(b"k", b"c0"), (b"k", b"c1")], producer_id=7, base_offset=0)
+    commit = build_marker(producer_id=7, commit=True, base_offset=2)
+    aborted = build_txn_batch([(b"k", b"a0"), (b"k", b"a1")], producer_id=7, base_offset=3)
+    abort = build_marker(producer_id=7, commit=False, base_offset=5)
+    compacted = build_txn_batch([(b"k", b"d0"), (b"k", b"d2")], producer_id=8, base_offset=6, offsets=[0, 2])
+    commit2 = build_marker(producer_id=8, commit=True, base_offset=9)
+    records = MemoryRecords(b"".join([committed, commit, aborted, abort, compacted, commit2]))
+    # The broker lists the aborted transaction (producer 7, first offset 3) in the fetch response.
+    out = list(PartitionRecords(tp, records, [(7, 3)], 0, None, None, True, READ_COMMITTED))
+    assert [(r.offset, r.value) for r in out] == [(0, b"c0"), (1, b"c1"), (6, b"d0"), (8, b"d2")]
+    key = ("txn", 0)
+    # marker 2, aborted 3-4, marker 5, compacted 7, marker 9: the commit can pass each of them
+    assert OFFSET_GAPS.advance(key, 2) == 6
+    assert OFFSET_GAPS.advance(key, 7) == 8
+    assert OFFSET_GAPS.advance(key, 9) == 10
+    assert OFFSET_GAPS.advance(key, 1) == 1  # a real record: never passed
+    OFFSET_GAPS.forget([tp])
+
+
+class _FaustConsumer:
+    """Faust's Consumer state that `_new_offset` reads (faust/transport/consumer.py)."""
+
+    def __init__(self, committed):
+        from collections import defaultdict
+
+        from intervaltree import IntervalTree
+
+        self._committed_offset = defaultdict(lambda: None, committed)
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._gap = defaultdict(IntervalTree)
+
+
+def test_the_commit_walks_acked_offsets_and_noted_gaps_and_never_passes_an_unacked_record():
+    from faust.transport import consumer as faust_consumer
+    from faust.types import TP as FaustTP
+
+    install_gap_aware_commit()
+    new_offset = faust_consumer.Consumer._new_offset
+    tp = FaustTP("gaps", 1)
+    key = ("gaps", 1)
+    OFFSET_GAPS.forget([tp])
+    c = _FaustConsumer({tp: 10})
+    c._acked[tp] = [10, 11, 12]
+    c._acked_index[tp] = {10, 11, 12}
+    assert new_offset(c, tp) == 13
+    c._committed_offset[tp] = 13  # what Faust records once the commit succeeded
+    OFFSET_GAPS.skipped(key, 13, 14)  # a commit marker after the partition's last record
+    assert new_offset(c, tp) == 14  # nothing newly acked: still past the marker (lag 0)
+    c._committed_offset[tp] = 14
+    OFFSET_GAPS.skipped(key, 14, 40)  # an aborted transaction of 26 records
+    c._acked[tp] = [41, 42]  # 40 not acked yet: the commit stops at it
+    assert new_offset(c, tp) == 40
+    c._committed_offset[tp] = 40
+    assert new_offset(c, tp) is None and c._acked[tp] == [41, 42]
+    c._acked[tp].append(40)
+    assert new_offset(c, tp) == 43
+    assert c._acked[tp] == [] and OFFSET_GAPS.held(key) == 0  # what was passed is forgotten
+    # A fresh assignment without a committed start offset: nothing is committed on a guess.
+    fresh = _FaustConsumer({})
+    fresh._acked[tp] = [5, 6]
+    assert new_offset(fresh, tp) is None
+
+
+def test_the_acked_list_stays_as_long_as_the_batch_in_flight_across_many_transactions():
+    from faust.transport import consumer as faust_consumer
+    from faust.types import TP as FaustTP
+
+    install_gap_aware_commit()
+    tp = FaustTP("many", 0)
+    OFFSET_GAPS.forget([tp])
+    c = _FaustConsumer({tp: 0})
+    offset = 0
+    for _ in range(2000):  # 2,000 transactions of 3 records, each followed by its marker
+        for o in range(offset, offset + 3):
+            c._acked[tp].append(o)
+        OFFSET_GAPS.skipped(("many", 0), offset + 3, offset + 4)
+        offset += 4
+        committed = faust_consumer.Consumer._new_offset(c, tp)
+        assert committed == offset
+        c._committed_offset[tp] = committed
+        assert len(c._acked[tp]) == 0 and OFFSET_GAPS.held(tp) == 0
+
+
+def test_offset_gaps_merge_and_forget():
+    gaps = OffsetGaps()
+    gaps.skipped(("t", 0), 5, 6)
+    gaps.skipped(("t", 0), 6, 9)
+    gaps.skipped(("t", 0), 3, 3)  # empty
+    assert gaps.held() == 1 and gaps.advance(("t", 0), 5) == 9
+    gaps.forget_below(("t", 0), 9)
+    assert gaps.held() == 0

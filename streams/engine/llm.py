@@ -21,7 +21,21 @@ does not occur is dropped and counted (`on_dropped_spans`), never invented. An e
 the geometric mean of the grammar-constrained probabilities of the tokens that wrote its text.
 
 An output cut off by the token cap gets one retry with `retry_max_new_tokens`; still cut off, it
-is an `LLMTruncated` for that text alone (the pipeline dead-letters it as `llm_truncated`)."""
+is an `LLMTruncated` for that text alone (the pipeline dead-letters it as `llm_truncated`).
+
+The user's text is data, never markup: it is tokenized on its own with special-token parsing off
+(`<|im_end|>` in a ticket is the characters, not the end of the turn), between the template's
+own tokens. A text of more than `max_input_tokens` tokens is not generated at all: it is an
+`LLMTooLong` for that text alone (dead letter `too_long_for_model`), so one huge text never
+makes a quadratic prefill or shrinks its batch. Numbers are bounded in the grammar (within
++-NUMBER_LIMIT, no exponent overflow to Infinity) and a non-finite one that still gets through
+(unconstrained decoding) becomes null in a nullable field, else fails that text.
+
+For the group's deadlines the engine keeps, per topic, its measured time per event (an EWMA of
+what it did, seeded by the warm-up as one text alone running to both token caps): `max_events`
+says how many events fit a time budget, for the sources to size their batches. `progress_at`
+(monotonic) moves at every prefill and decoding step, so /livez tells a long batch that
+progresses from a stuck one."""
 
 from __future__ import annotations
 
@@ -51,12 +65,32 @@ RAMPART_ENTITY_TYPES = ("GIVEN_NAME", "SURNAME", "EMAIL", "PHONE", "URL", "TAX_I
                         "ZIP_CODE")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 LABEL_PREFIX = '{"label": "'
+# Every JSON number the grammar lets the model write lies within +-NUMBER_LIMIT: finite as an
+# Avro float and double (a bare JSON number may be 1e999, which Python parses as Infinity).
+NUMBER_LIMIT = 1e15
+# Stands for the user's text while the chat template is rendered (private-use characters).
+_USER_SLOT = "\ue000streams-user-text\ue000"
+# EWMA weights of a batch's measured time per event: a slower batch counts more than a faster one.
+ALPHA_SLOWER, ALPHA_FASTER = 0.5, 0.3
 
 
-class LLMOutputError(Exception):
-    """One text's output could not be used (unconstrained output that is not the schema's JSON)."""
+class LLMEventError(Exception):
+    """One text failed on its own (the engine works): the pipeline dead-letters it with `reason`."""
+
+    reason = "inference_error"
+
+
+class LLMOutputError(LLMEventError):
+    """One text's output could not be used: not the schema's JSON (unconstrained decoding), or a
+    non-finite number in a field that cannot be null."""
 
     reason = "llm_invalid_output"
+
+
+class LLMTooLong(LLMEventError):
+    """One text has more tokens than `max_input_tokens`: it is not generated at all."""
+
+    reason = "too_long_for_model"
 
 
 class LLMTruncated(LLMOutputError):
@@ -101,6 +135,9 @@ class _Prepared:
     compile_seconds: float = 0.0
     prefix_ids: list[int] = field(default_factory=list)  # instructions + examples, same for every text
     prefix_cache: object | None = None  # their KV cache, computed once (prefix_cache=True)
+    # The template's tokens around the user's text (which is tokenized on its own, as data).
+    user_open: list[int] = field(default_factory=list)
+    user_close: list[int] = field(default_factory=list)
 
 
 def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
@@ -119,8 +156,49 @@ def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
                                                       **({"maxLength": max_string_chars} if max_string_chars else {})}},
             "required": ["type", "text"], "additionalProperties": False}}
     if task.fields is not None:
-        props["fields"] = json_schema(task.fields, max_string_chars)
+        props["fields"] = _bounded_numbers(json_schema(task.fields, max_string_chars))
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _bounded_numbers(schema):
+    """Every `"type": "number"` without bounds gets +-NUMBER_LIMIT, so the grammar cannot write
+    a number that overflows to Infinity (xgrammar's plain number allows any exponent)."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: _bounded_numbers(s) for name, s in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _bounded_numbers(out["items"])
+    if "anyOf" in out:
+        out["anyOf"] = [_bounded_numbers(s) for s in out["anyOf"]]
+    if out.get("type") == "number":
+        out.setdefault("minimum", -NUMBER_LIMIT)
+        out.setdefault("maximum", NUMBER_LIMIT)
+    return out
+
+
+def _finite(value, schema, where: str = "fields"):
+    """`value` with every non-finite float set to null where `schema` allows null; ValueError
+    where it does not."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if _nullable(schema):
+            return None
+        raise ValueError(f"{where} is {value} and cannot be null")
+    if isinstance(value, dict):
+        props = _branch(schema).get("properties", {})
+        return {k: _finite(v, props.get(k, {}), f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        items = _branch(schema).get("items", {})
+        return [_finite(v, items, f"{where}[]") for v in value]
+    return value
+
+
+def _nullable(schema: dict) -> bool:
+    return schema.get("type") == "null" or any(b.get("type") == "null" for b in schema.get("anyOf", []))
+
+
+def _branch(schema: dict) -> dict:
+    """The non-null branch of a nullable schema (the schema itself otherwise)."""
+    return next((b for b in schema.get("anyOf", []) if b.get("type") != "null"), schema)
 
 
 def load_examples(task: LLMTask, directory: Path = EXAMPLES_DIR) -> list[tuple[str, dict]]:
@@ -224,6 +302,7 @@ class LLMEngine:
                  max_new_tokens: int = 160, retry_max_new_tokens: int = 320, max_batch: int = 16,
                  max_tokens: int = 16384, few_shot: bool = False, constrained: bool = True,
                  prefix_cache: bool = True, max_string_chars: int | None = 120,
+                 max_input_tokens: int = 1024,
                  examples_dir: Path = EXAMPLES_DIR, load_seconds: float = 0.0,
                  on_dropped_spans: Callable[[str, int], None] | None = None):
         self.model = model
@@ -238,6 +317,7 @@ class LLMEngine:
         self.constrained = constrained
         self.prefix_cache = prefix_cache
         self.max_string_chars = max_string_chars
+        self.max_input_tokens = max_input_tokens
         self.examples_dir = examples_dir
         self.load_seconds = load_seconds
         self.on_dropped_spans = on_dropped_spans
@@ -250,9 +330,13 @@ class LLMEngine:
             raise ModelLoadError("the LLM's tokenizer and generation config name no end-of-sequence token")
         self.stop_ids = sorted(stops)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.special_ids = frozenset(self.stop_ids) | _special_ids(tokenizer)
+        self._check_specials_split()
         self._vocab_strings: list[str] | None = None
         self._tokenizer_info = None
         self._compiler = None
+        self.seconds_per_event: dict[str, float] = {}  # per topic: EWMA of measured batches
+        self.progress_at = time.monotonic()  # the last prefill or decoding step (or load)
 
     @classmethod
     def load(cls, ref: str = DEFAULT_LLM, *, cache_dir: Path, device: str = "auto",
@@ -276,6 +360,20 @@ class LLMEngine:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    def _check_specials_split(self) -> None:
+        """The tokenizer must keep special tokens out of user text when asked (fast tokenizers
+        do; one that ignores `split_special_tokens` would let a text close its own turn)."""
+        probe = "".join(self.tokenizer.convert_ids_to_tokens(sorted(self.special_ids)))
+        if self.special_ids & set(self.user_ids([probe])[0]):
+            raise ModelLoadError("the LLM's tokenizer parses special tokens inside user text even "
+                                 "with split_special_tokens=True: use a fast tokenizer")
+
+    def user_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """The tokens of user texts as plain text: special-token strings are split, not parsed."""
+        if not texts:
+            return []
+        return self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     # ---- per topic, at start-up ---------------------------------------------------------------
 
@@ -310,10 +408,22 @@ class LLMEngine:
                                            for t in prepared.label_targets)
             self._vocab()  # decoded once, used by every label score
         prefix = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        if not self.prompt_text(prepared, "x").startswith(prefix):
+        whole = self.prompt_text(prepared, _USER_SLOT)
+        if not whole.startswith(prefix) or whole.count(_USER_SLOT) != 1:
             raise ModelLoadError(f"topic {task.name}: the chat template does not render the "
-                                 "instructions as a prefix of the prompt")
+                                 "instructions as a prefix of the prompt and the text once after them")
+        opening, closing = whole[len(prefix):].split(_USER_SLOT)
         prepared.prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        prepared.user_open = self.tokenizer(opening, add_special_tokens=False)["input_ids"]
+        prepared.user_close = self.tokenizer(closing, add_special_tokens=False)["input_ids"]
+        longest = (len(prepared.prefix_ids) + len(prepared.user_open) + self.max_input_tokens
+                   + len(prepared.user_close) + self.retry_max_new_tokens)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context and longest > context:
+            raise ModelLoadError(
+                f"topic {task.name}: prompt prefix {len(prepared.prefix_ids)} + max input "
+                f"{self.max_input_tokens} + retry cap {self.retry_max_new_tokens} tokens = {longest} > "
+                f"the model's context {context}: lower STREAMS_LLM_MAX_INPUT_TOKENS")
         if self.prefix_cache:
             prepared.prefix_cache = self._cache(prepared.prefix_ids)
         prepared.compile_seconds = time.perf_counter() - started
@@ -344,24 +454,33 @@ class LLMEngine:
                                                   add_generation_prompt=True) + prepared.forced
 
     def prompt_ids(self, task_name: str, texts: Sequence[str]) -> list[list[int]]:
-        """Per text, the tokens after the shared prefix: the user turn and the assistant turn's
-        start. The prefix is tokenized once; it ends with a special token, so prefix + suffix
-        tokens are the whole prompt's tokens."""
+        """Per text, the tokens after the shared prefix: the template's user-turn opening, the
+        text's own tokens (`user_ids`: special tokens in it are text), the turn's closing and
+        the assistant turn's start."""
         prepared = self.tasks[task_name]
-        n = len(self.tokenizer.apply_chat_template(prepared.messages, tokenize=False))
-        suffixes = [self.prompt_text(prepared, t)[n:] for t in texts]
-        return self.tokenizer(suffixes, add_special_tokens=False)["input_ids"]
+        return [prepared.user_open + ids + prepared.user_close for ids in self.user_ids(texts)]
 
     # ---- per micro-batch ----------------------------------------------------------------------
 
     def generate(self, texts: Sequence[str], task_name: str, *,
-                 constrained: bool | None = None) -> list[LLMResult | LLMOutputError]:
-        """One result per text, in order: an `LLMResult`, or the text's own `LLMOutputError`."""
+                 constrained: bool | None = None) -> list[LLMResult | LLMEventError]:
+        """One result per text, in order: an `LLMResult`, or the text's own `LLMEventError`
+        (too long for the model, output cut off or unusable)."""
+        started = time.perf_counter()
+        self.progress_at = time.monotonic()
         prepared = self.tasks[task_name]
         constrained = self.constrained if constrained is None else constrained
-        ids = self.prompt_ids(task_name, texts) if texts else []
-        results: list[LLMResult | LLMOutputError | None] = [None] * len(texts)
-        pending = list(range(len(texts)))
+        results: list[LLMResult | LLMEventError | None] = [None] * len(texts)
+        ids: list[list[int]] = []
+        pending = []
+        for i, user in enumerate(self.user_ids(texts)):
+            ids.append(prepared.user_open + user + prepared.user_close)
+            if len(user) > self.max_input_tokens:
+                results[i] = LLMTooLong(f"the text has {len(user)} tokens; the limit is "
+                                        f"{self.max_input_tokens} (STREAMS_LLM_MAX_INPUT_TOKENS)")
+            else:
+                pending.append(i)
+        generated = len(pending)
         for cap in (self.max_new_tokens, self.retry_max_new_tokens):
             cut = []
             if pending:
@@ -378,7 +497,28 @@ class LLMEngine:
                      len(pending), cap, self.retry_max_new_tokens)
         for i in pending:
             results[i] = LLMTruncated(f"output still cut off at {self.retry_max_new_tokens} new tokens")
+        if generated:
+            self.observe(task_name, generated, time.perf_counter() - started)
         return results  # type: ignore[return-value]
+
+    # ---- time: batch sizing and liveness --------------------------------------------------------
+
+    def observe(self, task_name: str, events: int, seconds: float) -> None:
+        """A batch of `events` texts of a topic took `seconds`: update its time per event."""
+        measured = seconds / max(1, events)
+        before = self.seconds_per_event.get(task_name)
+        if before is None:
+            self.seconds_per_event[task_name] = measured
+            return
+        alpha = ALPHA_SLOWER if measured > before else ALPHA_FASTER
+        self.seconds_per_event[task_name] = (1 - alpha) * before + alpha * measured
+
+    def max_events(self, task_name: str, budget_s: float) -> int:
+        """Events of a topic the engine is expected to finish within `budget_s` (at least 1)."""
+        per_event = self.seconds_per_event.get(task_name)
+        if per_event is None:  # neither warmed up nor measured yet
+            return 1
+        return max(1, int(budget_s / max(per_event, 1e-6)))
 
     def rows_per_step(self, prefix: int, longest_prompt: int, cap: int) -> int:
         """Rows decoded together: `max_batch`, fewer when rows x (prefix + longest prompt + cap)
@@ -418,6 +558,7 @@ class LLMEngine:
                 started = time.perf_counter()
                 new_cache, new_mask, new_logits = self._prefill(prepared, [prompts[i] for i in take])
                 stats["forward_s"] += time.perf_counter() - started
+                self.progress_at = time.monotonic()
                 stats["prefills"] += 1
                 rows += [_Row(i, prefix + len(prompts[i]), prepared.matcher.fork() if constrained else None)
                          for i in take]
@@ -471,6 +612,7 @@ class LLMEngine:
             for row in rows:
                 row.length += 1
             stats["forward_s"] += time.perf_counter() - started
+            self.progress_at = time.monotonic()
         self.last_pass = stats
         return results
 
@@ -557,6 +699,7 @@ class LLMEngine:
                 fields = parsed["fields"]
                 if not isinstance(fields, dict):
                     raise TypeError("fields is not an object")
+                fields = _finite(fields, prepared.schema["properties"]["fields"])
         except (KeyError, TypeError, ValueError) as exc:
             return LLMOutputError(f"output does not follow the schema: {type(exc).__name__}: {exc}")
         if dropped and self.on_dropped_spans is not None:
@@ -647,13 +790,28 @@ class LLMEngine:
         return math.exp(sum(math.log(p) for p in ps) / len(ps))
 
     def warm_up(self) -> float:
-        """One short generation per topic: lazy set-up out of the first batch's latency."""
+        """Per topic, one short generation (lazy set-up out of the first batch's latency), then
+        a timed one that seeds the topic's time per event as one text alone running to the
+        token cap and again to the retry cap: the worst case, so the first batches are small
+        and never too long; measured batches then take over."""
         started = time.perf_counter()
         for name, prepared in self.tasks.items():  # a few steps: the grammar, the cache, the kernels
-            self._generate_pass(prepared, self.prompt_ids(name, ["hello"]), 4, self.constrained)
+            ids = self.prompt_ids(name, ["hello"])
+            self._generate_pass(prepared, ids, 4, self.constrained)
+            timed = time.perf_counter()
+            self._generate_pass(prepared, ids, 8, self.constrained)
+            step_s = (time.perf_counter() - timed) / max(1, self.last_pass["steps"])
+            self.seconds_per_event[name] = step_s * (self.max_new_tokens + self.retry_max_new_tokens)
         seconds = time.perf_counter() - started
         self.load_seconds += seconds
         return seconds
+
+
+def _special_ids(tokenizer) -> frozenset[int]:
+    """The ids of the tokenizer's special tokens (named and added as special)."""
+    ids = set(tokenizer.all_special_ids)
+    ids |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(tok, "special", False)}
+    return frozenset(ids)
 
 
 def _as_list(value) -> list:

@@ -69,6 +69,19 @@ class TopicEngines:
             out += of("fields", "llm")
         return out
 
+    def max_events_for(self, topic: str, budget_s: float) -> int | None:
+        """Events of `topic` the LLM is expected to finish within `budget_s`, from its measured
+        time per event; None when the topic does not use the LLM (no cap from here)."""
+        plan = self.plans.get(topic)
+        if plan is None or not plan.uses_llm or self.llm is None:
+            return None
+        return self.llm.max_events(topic, budget_s)
+
+    @property
+    def progress_at(self) -> float | None:
+        """When the LLM last made progress (time.monotonic()); None without an LLM."""
+        return self.llm.progress_at if self.llm is not None else None
+
     def warm_up(self) -> float:
         started = time.perf_counter()
         if self.encoder is not None and hasattr(self.encoder, "warm_up"):

@@ -24,6 +24,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from ..errors import FatalError, RetriableError, describe
 from .fields import FieldSchemaError, load_field_record
 
 
@@ -89,13 +90,30 @@ def subject(topic: str) -> str:
     return f"{topic}-value"
 
 
+def registry_failure(exc: Exception, what: str) -> Exception:
+    """What a failed call for the worker's own schemas means: the registry is down or slow
+    (RETRY: the batch waits, /readyz says "registry"), or it refuses this worker (401/403) or
+    lacks the subject the worker publishes under (404: not registered, auto-registration
+    off), which no retry fixes (EXIT, what to fix in the message). Never the record's fault,
+    so never a dead letter."""
+    status = getattr(exc, "http_status_code", None)
+    if status in (401, 403):
+        return FatalError(f"the schema registry refused the credentials (HTTP {status}) while "
+                          f"{what}: check STREAMS_SCHEMA_REGISTRY_AUTH")
+    if status == 404:
+        return FatalError(f"the schema registry does not have the schema while {what}: register it "
+                          "(`make schemas` writes it) or set STREAMS_SCHEMA_AUTO_REGISTER=true")
+    return RetriableError("registry", f"{what}: {describe(exc)}")
+
+
 class SchemaCatalog:
     def __init__(self, registry_url: str, schema_dir: Path, input_topics: list[str],
                  output_topics: list[str], *, auto_register: bool = True, basic_auth: str | None = None,
-                 output_fields: dict[str, str] | None = None):
+                 output_fields: dict[str, str] | None = None, client_conf: dict | None = None):
         """`output_fields`: output topic -> the name of its field record (schemas/fields/);
-        output topics not in it get the plain EnrichedEvent."""
-        conf = {"url": registry_url}
+        output topics not in it get the plain EnrichedEvent. `client_conf`: more of the
+        SchemaRegistryClient's conf (`Settings.schema_registry_config()`: TLS files, timeout)."""
+        conf = {**(client_conf or {}), "url": registry_url}
         if basic_auth:
             conf["basic.auth.user.info"] = basic_auth
         self.client = SchemaRegistryClient.new_client(conf)
@@ -121,11 +139,12 @@ class SchemaCatalog:
 
     @classmethod
     def from_settings(cls, settings) -> "SchemaCatalog":
-        auth = settings.schema_registry_auth.get_secret_value() if settings.schema_registry_auth else None
+        # The whole client conf (url, basic auth, TLS files, timeout) from the settings.
         return cls(settings.schema_registry_url, settings.schema_dir,
                    [r.input for r in settings.topics], [r.output for r in settings.topics],
-                   auto_register=settings.schema_auto_register, basic_auth=auth,
-                   output_fields={r.output: r.fields for r in settings.topics if r.fields})
+                   auto_register=settings.schema_auto_register,
+                   output_fields={r.output: r.fields for r in settings.topics if r.fields},
+                   client_conf=settings.schema_registry_config())
 
     def enriched_schema_for(self, topic: str) -> Schema:
         """The schema of `topic`'s `<topic>-value` subject: composed with the topic's field
@@ -178,7 +197,10 @@ class SchemaCatalog:
         if found is None:
             schema = self.enriched_schema_for(topic)
             self.ensure_registered()
-            registered = self.client.lookup_schema(subject(topic), schema)
+            try:
+                registered = self.client.lookup_schema(subject(topic), schema)
+            except Exception as exc:  # noqa: BLE001 - sorted: never the record's fault
+                raise registry_failure(exc, f"looking up subject {subject(topic)}") from exc
             parsed = self._parsed.get(schema.schema_str)
             if parsed is None:
                 parsed = self._parsed[schema.schema_str] = parse_schema(json.loads(schema.schema_str))

@@ -528,6 +528,10 @@ def test_configmap_settings_are_read_by_the_worker(monkeypatch, scenario):
             monkeypatch.delenv(key)
     for key, value in cfg.items():
         monkeypatch.setenv(key, value)
+    # The secrets the pod gets by reference (a SASL protocol without a password is refused).
+    for key, var in env_of(container(worker_spec(render(scenario)), "worker")).items():
+        if key.startswith("STREAMS_") and "valueFrom" in var:
+            monkeypatch.setenv(key, "from-a-secret")
     settings = Settings()
     assert settings.health_port == int(cfg["STREAMS_HEALTH_PORT"])
     assert settings.shutdown_grace_s == float(cfg["STREAMS_SHUTDOWN_GRACE_S"])

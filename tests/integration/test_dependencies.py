@@ -115,6 +115,38 @@ def test_a_registry_that_fails_then_recovers_is_waited_out(broker, tiny_models, 
     assert readyz(scenario.health_port)[0] == 0  # (the worker has stopped: no answer)
 
 
+def test_a_registry_that_never_answers_is_timed_out_and_waited_out(broker, tiny_models, model_cache,
+                                                                   tmp_path, registry):
+    """A registry that accepts the connection and never answers (the client's default has no
+    timeout: the batch thread would block for good). Each call times out, the batch is held and
+    retried (RETRY: /readyz says it waits for the registry), nothing is dead-lettered, and once
+    the registry answers again every event is enriched."""
+    scenario = Scenario(broker.bootstrap, tiny_models, model_cache, tmp_path,
+                        extra_env={"STREAMS_SCHEMA_REGISTRY_URL": registry.url,
+                                   "STREAMS_SCHEMA_REGISTRY_TIMEOUT_S": "0.5",
+                                   "STREAMS_RETRY_MAX_BACKOFF_S": "1"})
+    settings = scenario.settings
+    catalog = SchemaCatalog.from_settings(settings)
+    events = json_events(4, "json") + avro_events(catalog, scenario.input, 8, "avro")
+    input_id = int.from_bytes(events[-1][1][1:5], "big")
+    registry.hang_id(input_id, 12)  # the client tries 4 times per call: 3 held batches
+    produce_recorded(settings, [(k.decode(), scenario.input, i % 4, k, v, []) for i, (k, v) in enumerate(events)])
+    worker = WorkerProcess(scenario).start()
+    try:
+        with ReadinessWatch(scenario.health_port) as watch:
+            got = collect(settings, scenario, timeout=120, until=lambda g: worker.proc.poll() is not None
+                          or len(g.enriched_ids) >= len(events))
+        alive = worker.proc.poll() is None
+    finally:
+        code = worker.stop()
+    log = worker.log()
+    assert alive and code == 0, log[-3000:]
+    assert registry.hung == 12, f"{registry.hung} lookups hung: the outage never happened as planned"
+    assert not got.dead, [d[2].get("__streams.errors.reason") for d in got.dead]
+    assert got.enriched_ids == {k.decode() for k, _ in events}
+    assert watch.waited_for("registry"), watch.seen[-5:]
+
+
 def test_a_registry_that_refuses_the_credentials_stops_the_worker_without_commit(
         broker, tiny_models, model_cache, tmp_path, registry):
     scenario = Scenario(broker.bootstrap, tiny_models, model_cache, tmp_path,

@@ -5,6 +5,7 @@ exactly one outcome; the typed fields come back decoded from the topic's output 
 from __future__ import annotations
 
 import json
+import re
 
 import fastavro
 import pytest
@@ -25,7 +26,9 @@ def scenario(broker, tiny_models, tmp_path) -> Scenario:
     s.extra_env = {"STREAMS_TOPICS": json.dumps([{
         "input": s.input, "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
         "fields": "SupportTicketFields"}]),
-        "STREAMS_LLM_MAX_NEW_TOKENS": "128", "STREAMS_LLM_RETRY_MAX_NEW_TOKENS": "256"}
+        "STREAMS_LLM_MAX_NEW_TOKENS": "128", "STREAMS_LLM_RETRY_MAX_NEW_TOKENS": "256",
+        # A batch sized by time: at well under one event per second on a CPU, one event each.
+        "STREAMS_LLM_BATCH_BUDGET_S": "1"}
     return s
 
 
@@ -60,3 +63,6 @@ def test_llm_labels_and_fields_through_the_broker(scenario):
                                  raise_errors=False), record["fields"]
         print(record["event_id"], cls["label"], round(cls["score"], 2), record["fields"])
     assert "prepared" in log and "Maria" not in log  # no event text at info level
+    # The source took what the engine can finish within the budget: never the whole backlog.
+    sizes = [int(a) + int(b) for a, b in re.findall(r"batch [^:]+: (\d+) enriched, (\d+) dead-lettered", log)]
+    assert sizes and max(sizes) == 1 and sum(sizes) == 3, sizes

@@ -208,6 +208,20 @@ a worker that cannot work: checked by tests/helm.
 {{- if and (or .Values.kafka.tls.certKey .Values.kafka.tls.keyKey) (not .Values.kafka.tls.existingSecret) -}}
 {{- fail "kafka.tls.certKey/keyKey need kafka.tls.existingSecret" -}}
 {{- end -}}
+{{- with .Values.schemaRegistry.tls -}}
+{{- if and .existingSecret (not (hasPrefix "https://" (lower (toString $.Values.schemaRegistry.url)))) -}}
+{{- fail (printf "schemaRegistry.tls.existingSecret is set but schemaRegistry.url (%q) is not https://" (toString $.Values.schemaRegistry.url)) -}}
+{{- end -}}
+{{- if ne (empty .certKey) (empty .keyKey) -}}
+{{- fail "schemaRegistry.tls.certKey and schemaRegistry.tls.keyKey go together (mutual TLS needs both the certificate and its key)" -}}
+{{- end -}}
+{{- if and (or .certKey .keyKey) (not .existingSecret) -}}
+{{- fail "schemaRegistry.tls.certKey/keyKey need schemaRegistry.tls.existingSecret" -}}
+{{- end -}}
+{{- end -}}
+{{- if le (.Values.schemaRegistry.timeoutS | float64) 0.0 -}}
+{{- fail (printf "schemaRegistry.timeoutS must be greater than 0, got %v" .Values.schemaRegistry.timeoutS) -}}
+{{- end -}}
 {{- $sources := list "image" "pvc" "initContainer" -}}
 {{- if not (has .Values.models.source $sources) -}}
 {{- fail (printf "models.source must be one of %s, got %q" (join ", " $sources) .Values.models.source) -}}
@@ -427,6 +441,11 @@ affinity:
   mountPath: {{ .Values.kafka.tls.mountPath }}
   readOnly: true
 {{- end }}
+{{- if .Values.schemaRegistry.tls.existingSecret }}
+- name: registry-tls
+  mountPath: {{ .Values.schemaRegistry.tls.mountPath }}
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -462,6 +481,12 @@ affinity:
 - name: kafka-tls
   secret:
     secretName: {{ .Values.kafka.tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.schemaRegistry.tls.existingSecret }}
+- name: registry-tls
+  secret:
+    secretName: {{ .Values.schemaRegistry.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
 {{- with .Values.extraVolumes }}
