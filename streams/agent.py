@@ -272,10 +272,10 @@ def check_installed_versions() -> str | None:
         if got != wanted:
             wrong.append(f"{name} {got} (needs {wanted})")
     if wrong:
-        return ("the Faust agent source patches private internals of faust-streaming 0.15.3 and "
-                "aiokafka 0.14.0, and this installation has " + ", ".join(wrong) +
-                ": install the versions pyproject.toml pins (`make setup`), or run "
-                "STREAMS_SOURCE=librdkafka")
+        return ("the worker patches private internals of faust-streaming 0.15.3 and aiokafka "
+                "0.14.0 (streams/agent.py, the web server in streams/app.py), and this "
+                "installation has " + ", ".join(wrong) + ": install the versions pyproject.toml "
+                "pins (`make setup`)")
     return None
 
 

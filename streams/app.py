@@ -187,8 +187,7 @@ def create_app(settings: Settings) -> faust.App:
         lets the batch in flight finish within the grace period."""
 
         async def on_start(self) -> None:
-            if agent:
-                _check_agent_installation()
+            _check_installation(agent)
             if app.runtime is None:
                 app.runtime = await _runtime(app, settings)
             if agent:
@@ -235,12 +234,13 @@ async def _runtime(app: faust.App, settings: Settings) -> Runtime:
         os._exit(EXIT_STARTUP)
 
 
-def _check_agent_installation() -> None:
-    """A Faust or aiokafka release the agent's patches were not written for, or a Kafka codec
-    aiokafka cannot decompress, is a broken installation: stop before taking any event (78),
-    never dead-letter what a Java producer compressed with lz4, zstd or snappy."""
+def _check_installation(agent: bool) -> None:
+    """A Faust or aiokafka release the patches of their internals were not written for
+    (streams.agent; the web server here), or on the agent a Kafka codec aiokafka cannot
+    decompress, is a broken installation: stop before taking any event (78), never
+    dead-letter what a Java producer compressed with lz4, zstd or snappy."""
     problem = check_installed_versions()
-    missing = missing_codecs()
+    missing = missing_codecs() if agent else []
     if problem is None and missing:
         problem = (f"aiokafka cannot decompress {', '.join(missing)} batches in this installation "
                    "(Java producers' compression.type): install cramjam (`make setup` does), or "

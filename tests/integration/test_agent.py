@@ -13,6 +13,7 @@ import dataclasses
 import random
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -26,6 +27,8 @@ from tests.integration.test_dependencies import avro_events, registry  # noqa: F
 from streams.serde import SchemaCatalog
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 PARTITIONS = 4
 MAX_BATCH = 64
@@ -283,3 +286,26 @@ def test_readiness_reports_a_broker_that_went_away(source, tiny_models, model_ca
             assert status == 503 and body["broker_reachable"] is False, body
         finally:
             worker.kill()
+
+
+def test_an_agent_without_the_codec_library_stops_at_start_up_and_says_which(broker, tiny_models,
+                                                                            model_cache, tmp_path):
+    """cramjam hidden from the worker (a broken image, a hand-made venv): aiokafka could not
+    decompress a Java producer's lz4, zstd or snappy batches, which would make every such record
+    a dead letter. The agent refuses to start (78) and names the package; nothing is taken."""
+    shim = tmp_path / "no-cramjam"
+    shim.mkdir()
+    (shim / "cramjam.py").write_text("raise ImportError('cramjam hidden by the test')\n")
+    scenario = scenario_for("faust", broker, tiny_models, model_cache, tmp_path,
+                            PYTHONPATH=f"{shim}:{REPO}")
+    produce_spread(scenario, json_events(8, "codec"))
+    worker = WorkerProcess(scenario).start()
+    try:
+        worker.proc.wait(90)
+    finally:
+        worker.stop()
+    log = worker.log()
+    assert worker.proc.returncode == EXIT_FATAL, log[-3000:]
+    assert "cramjam" in log and "lz4" in log, log[-2000:]
+    got = collect(scenario.settings, scenario, timeout=5, until=lambda g: False)
+    assert not got.enriched and not got.dead
