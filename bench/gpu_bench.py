@@ -5,7 +5,8 @@ weights do not fit the 64 MiB that travels: SmolLM2's GGUF alone is 98 MB). Spee
 shapes, not on weights; with random weights every output runs to the token cap, so the LLM rows
 time fixed-length passes (`cap` steps) and count events per second at that length.
 
-python bench/gpu_bench.py [--device cuda] [--texts 256] [--cap 128]   (prints JSON lines)"""
+python -m bench.gpu_bench [--device cuda] [--texts 256] [--cap 128]   (prints JSON lines; from the
+repository root, or python bench/gpu_bench.py ...)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __name__ == "__main__" and not __package__:  # python bench/gpu_bench.py: the repository root on
+    sys.path[0] = str(ROOT)  # the path (for `streams` and `bench`), not bench/
 GPU = ROOT / "bench" / "gpu"
 
 
@@ -42,19 +44,19 @@ def random_model(kind: str, src: Path, dest: Path) -> Path:
 
 
 def texts(n: int) -> list[str]:
-    rows = [json.loads(l) for l in (ROOT / "streams" / "samples" / "samples.jsonl").read_text().splitlines() if l.strip()]
-    tickets = [r["text"] for r in rows if r["topic"] == "support.tickets"]
-    return [tickets[i % len(tickets)] for i in range(n)]
+    from streams import samples
+
+    return samples.texts(n, "support.tickets")
 
 
 def bench_encoder(device: str, tmp: Path, n: int) -> None:
-    from streams.bench import bench_engine
-    from streams.engine import Engine, LabelSet
+    from bench.encoder import bench_engine
+    from streams.engine import EncoderEngine, LabelSet
     from streams.settings import SUPPORT_TICKET_LABELS
 
     ner = random_model("ner", GPU / "rampart-ner", tmp / "ner")
     enc = random_model("encoder", GPU / "minilm", tmp / "encoder")
-    engine = Engine.load(str(ner), str(enc), cache_dir=tmp, device=device, max_batch=64)
+    engine = EncoderEngine.load(str(ner), str(enc), cache_dir=tmp, device=device, max_batch=64)
     labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
     engine.warm_up()
     batch = texts(n)
@@ -68,7 +70,7 @@ def bench_llm(device: str, tmp: Path, n: int, cap: int, rows: int) -> None:
 
     from streams.engine import LabelSet
     from streams.engine.llm import LLMEngine, LLMTask
-    from streams.serde.fields import load_field_record
+    from streams.serde.fields import load_field_schema
     from streams.settings import SUPPORT_TICKET_LABELS
 
     try:
@@ -82,7 +84,7 @@ def bench_llm(device: str, tmp: Path, n: int, cap: int, rows: int) -> None:
     llm = LLMEngine.load(str(model_dir), cache_dir=tmp, device=device, dtype="auto", max_batch=rows,
                          max_new_tokens=cap, retry_max_new_tokens=cap, max_tokens=10 ** 7,
                          constrained=constrained)
-    fields = load_field_record(ROOT / "schemas", "SupportTicketFields")
+    fields = load_field_schema(ROOT / "schemas", "SupportTicketFields")
     prepared = llm.add_task(LLMTask("support.tickets", LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None, fields))
     emit(run="llm setup", dtype=str(llm.dtype), prefix_tokens=len(prepared.prefix_ids),
          prefix_cache=prepared.prefix_cache is not None, compile_s=round(prepared.compile_seconds, 2))

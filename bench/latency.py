@@ -1,18 +1,20 @@
-"""Latency of each source at one steady rate, in one run: `streams.bench.bench_latency` (the
+"""Latency of each source at one steady rate, in one run: `bench.stream.bench_latency` (the
 worker ready, `rate` events/s for 30 s after 10 s of warm-up, real models) per source, the
 worker logging at info so its log shows each batch's size and inference time.
 
-    .venv/bin/python bench/latency.py OUT_DIR RATE [faust,librdkafka]
+    .venv/bin/python -m bench.latency OUT_DIR RATE [faust,librdkafka]   (or bench/latency.py)
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from streams import bench
+if __name__ == "__main__" and not __package__:  # python bench/latency.py: the repository root on
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the path (for `bench`), not bench/
+
+from bench import stream as bench  # noqa: E402
 
 
 def main() -> None:
@@ -25,9 +27,8 @@ def main() -> None:
 
     bench.subprocess.Popen = at_info
     for source in sources:
-        os.environ["STREAMS_SOURCE"] = source
         (out / source).mkdir(parents=True, exist_ok=True)
-        r = bench.bench_latency(rate, 30, out / source)
+        r = bench.bench_latency(rate, 30, out / source, STREAMS_SOURCE=source)
         print(f"{source}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, max {r['max_ms']:.0f} ms "
               f"({r['received']}/{r['sent']} back); batches in {out / source}/bench-worker-latency.log",
               flush=True)

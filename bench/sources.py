@@ -1,8 +1,8 @@
 """Stream ceiling of both sources on the same machine in one run: a worker with the no-op
 engine (`STREAMS_ENGINE=noop`) per source, fed N small events on a fresh embedded broker;
-events/s and the worker's CPU µs per event. Reuses `streams.bench.bench_stream`.
+events/s and the worker's CPU µs per event. Reuses `bench.stream.bench_stream`.
 
-    .venv/bin/python bench/sources.py 20000 [runs]
+    .venv/bin/python -m bench.sources 20000 [runs]     (or python bench/sources.py ...)
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from streams.bench import bench_stream
+if __name__ == "__main__" and not __package__:  # python bench/sources.py: the repository root on
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the path (for `bench`), not bench/
+
+from bench.stream import bench_stream  # noqa: E402
 
 
 def main() -> None:

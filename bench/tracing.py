@@ -1,10 +1,10 @@
-"""What tracing costs a worker: `streams.bench.bench_stream` (untraced) and `bench_traced`
+"""What tracing costs a worker: `bench.stream.bench_stream` (untraced) and `bench_traced`
 (every event traced, OTLP gRPC) side by side, in the order given (u = untraced, t = traced),
 on the configured source (`STREAMS_SOURCE`) with the real models (`noop`: the no-op engine,
 where tracing's own cost shows). Prints events/s and the worker's CPU per event of each run,
 then the mean of each side.
 
-    .venv/bin/python bench/tracing.py EVENTS [ORDER, e.g. uttu] [models|noop]
+    .venv/bin/python -m bench.tracing EVENTS [ORDER, e.g. uttu] [models|noop]   (or bench/tracing.py)
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__" and not __package__:  # python bench/tracing.py: the repository root on
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the path (for `bench`), not bench/
 
-from streams import bench
+import numpy as np  # noqa: E402
+
+from bench import stream as bench  # noqa: E402
 
 
 def main() -> None:

@@ -49,9 +49,10 @@ def jemalloc_loaded() -> bool:
         return False
 
 
-def ensure_allocator(choice: str) -> None:
-    """Re-exec this command under jemalloc unless it already runs there (or `choice` is
-    system). Returns only when no re-exec was needed or possible."""
+def ensure_allocator(choice: str, module: str = "streams") -> None:
+    """Re-exec this command (`python -m <module> ...`, the same arguments) under jemalloc unless
+    it already runs there (or `choice`, the settings' allocator, is system). Returns only when
+    no re-exec was needed or possible."""
     if choice == "system" or jemalloc_loaded():
         return
     library = find_jemalloc()
@@ -69,14 +70,16 @@ def ensure_allocator(choice: str) -> None:
     env = os.environ | {"LD_PRELOAD": preload, _REEXEC_MARK: "1"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "streams", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 def reexec_early(argv: list[str]) -> None:
     """For a long-lived command, the same re-exec as `ensure_allocator`, before anything else
     is imported. Only the cheap cases act here; everything else (a missing jemalloc, a
     STREAMS_ALLOCATOR the settings will reject) is left to the command's own call, which says
-    why in its log or error."""
+    why in its log or error. STREAMS_ALLOCATOR is read here from the environment, the one
+    setting read outside `Settings`: importing the settings (pydantic, ~0.15 s) would cost most of
+    what re-executing this early saves; the command's own call reads it through `Settings`."""
     if len(argv) < 2 or argv[1] not in LONG_LIVED or os.environ.get(_REEXEC_MARK):
         return
     if os.environ.get("STREAMS_ALLOCATOR", "auto") in ("auto", "jemalloc") and find_jemalloc():

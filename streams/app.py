@@ -1,10 +1,14 @@
 """The Faust application: lifecycle (start-up, SIGTERM/SIGINT, logging), the HTTP server for
 health and metrics, and the source that consumes the input topics (`STREAMS_SOURCE`):
 
-- `faust` (streams.agent): an `@app.agent` over the input topics, Faust's consumer, acks
+- `faust` (streams.source.faust): an `@app.agent` over the input topics, Faust's consumer, acks
   after delivery. `faust -A streams.app agents` lists it; users add their own agents beside it.
-- `librdkafka` (streams.worker.EnrichmentLoop): a librdkafka batch consumer in a thread, with
-  Faust's Kafka clients off (`_HostOnly`); ~10x the events/s of the agent (docs/sources.md).
+- `librdkafka` (streams.source.librdkafka.EnrichmentLoop): a librdkafka batch consumer in a
+  thread, with Faust's Kafka clients off (`_HostOnly`); ~10x the events/s of the agent
+  (docs/sources.md).
+
+This module only hosts: the sources live in streams/source/, and every patch of Faust's or
+aiokafka's internals in streams/source/faust_patches.py.
 
 Both run every batch through the same `BatchProcessor`; the consumer group is
 `STREAMS_APP_ID`. `faust -A streams.app worker` and `streams worker` both run this."""
@@ -19,18 +23,19 @@ import sys
 
 import faust
 from faust.app.base import BootStrategy
-from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import Service
 
-from .agent import (AgentSource, EagerTransport, check_installed_versions, install_gap_aware_commit,
-                    install_leave_group_on_generation_zero, install_record_reader, missing_codecs)
 from .engine import ModelLoadError
 from .health import add_health_pages
-from .pipeline import Runtime
+from .runtime import Runtime
 from .serde.registry import SchemaError
 from .settings import Settings
+from .source.base import EXIT_FATAL, EXIT_UNFINISHED_BATCH, exit_now
+from .source.faust import AgentSource
+from .source.faust_patches import (EagerTransport, OwnPagesWeb, check_installed_versions, install_patches,
+                                   missing_codecs)
+from .source.librdkafka import EnrichmentLoop
 from .telemetry import logging_config
-from .worker import EXIT_FATAL, EXIT_UNFINISHED_BATCH, EnrichmentLoop
 
 log = logging.getLogger("streams.app")
 
@@ -49,18 +54,9 @@ class _AgentOnly(BootStrategy):
     enable_sensors = False
 
 
-class _OwnPagesWeb(AiohttpWeb):
-    """Faust's aiohttp web server without any of Faust's built-in pages: no /router (the
-    cluster's topology), /table (table data), /graph, /performance, nor the statistics or the
-    index at /. It serves what `app.page` adds: /livez, /readyz and /metrics (streams.health),
-    and the pages of the modules in STREAMS_APP_MODULES."""
-
-    default_blueprints = production_blueprints = debug_blueprints = optional_blueprints = ()
-
-
 class _StreamsApp(faust.App):
-    def _new_web(self) -> AiohttpWeb:
-        return _OwnPagesWeb(self)
+    def _new_web(self) -> OwnPagesWeb:
+        return OwnPagesWeb(self)
 
 
 class _App(_StreamsApp):
@@ -71,7 +67,7 @@ class _AgentApp(_StreamsApp):
     BootStrategy = _AgentOnly
 
     def _new_transport(self):
-        """Faust's aiokafka transport with `streams.agent.EagerConsumer`."""
+        """Faust's aiokafka transport with `faust_patches.EagerConsumer`."""
         return EagerTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
@@ -201,10 +197,8 @@ def create_app(settings: Settings) -> faust.App:
                 return
             log.info("shutting down: finishing the batch in flight (grace %.0fs)", settings.shutdown_grace_s)
             if not await asyncio.to_thread(runner.stop, settings.shutdown_grace_s):
-                log.error("batch in flight did not finish within %.0fs; exiting without committing it",
-                          settings.shutdown_grace_s)
-                logging.shutdown()
-                os._exit(EXIT_UNFINISHED_BATCH)
+                exit_now(EXIT_UNFINISHED_BATCH, f"batch in flight did not finish within "
+                                                f"{settings.shutdown_grace_s:.0f}s; exiting without committing it")
 
     add_health_pages(app)
     return app
@@ -227,16 +221,12 @@ async def _runtime(app: faust.App, settings: Settings) -> Runtime:
             return await asyncio.wrap_future(loading)
         return await asyncio.to_thread(Runtime.load, settings)
     except Exception as exc:  # noqa: BLE001 - stated, then the process stops
-        reason = startup_failure(exc)
-        log.critical("could not start: %s", reason)
-        print(f"error: {reason}", file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(EXIT_STARTUP)
+        exit_now(EXIT_STARTUP, startup_failure(exc), stderr=True)
 
 
 def _check_installation(agent: bool) -> None:
     """A Faust or aiokafka release the patches of their internals were not written for
-    (streams.agent; the web server here), or on the agent a Kafka codec aiokafka cannot
+    (streams/source/faust_patches.py), or on the agent a Kafka codec aiokafka cannot
     decompress, is a broken installation: stop before taking any event (78), never
     dead-letter what a Java producer compressed with lz4, zstd or snappy."""
     problem = check_installed_versions()
@@ -246,17 +236,12 @@ def _check_installation(agent: bool) -> None:
                    "(Java producers' compression.type): install cramjam (`make setup` does), or "
                    "run STREAMS_SOURCE=librdkafka")
     if problem is not None:
-        log.critical("cannot start: %s", problem)
-        print(f"error: {problem}", file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(EXIT_FATAL)
+        exit_now(EXIT_FATAL, problem, stderr=True)
 
 
 def _add_agent(app: faust.App, settings: Settings) -> None:
     source: AgentSource = app.source
-    install_record_reader()
-    install_gap_aware_commit()
-    install_leave_group_on_generation_zero()
+    install_patches()
     for route in settings.topics:  # one agent per input topic: Faust's CLI names each topic
         topic = app.topic(route.input, key_serializer="raw", value_serializer="raw", acks=True)
 

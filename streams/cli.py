@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from importlib import resources
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -18,13 +17,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from . import samples
 from .settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
 # Lines are never wrapped by rich (a pipe is 80 columns to it): one event stays one line.
 console = Console(soft_wrap=True, highlight=False)
-SAMPLES = "samples.jsonl"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -100,7 +99,7 @@ def _load_in_background(settings: Settings):
     future: Future = Future()
 
     def load() -> None:
-        from .pipeline import Runtime
+        from .runtime import Runtime
 
         try:
             future.set_result(Runtime.load(settings))
@@ -116,7 +115,7 @@ def _early_consumer(settings: Settings):
     Faust agent (Faust's consumer joins when Faust starts)."""
     if settings.source != "librdkafka":
         return None
-    from .consume import BatchConsumer
+    from .source.librdkafka import BatchConsumer
 
     return BatchConsumer(settings, [r.input for r in settings.topics])
 
@@ -145,10 +144,8 @@ def _use_configured_allocator() -> None:
 
 def _read_events(file: Optional[Path]) -> list[dict]:
     if file is None:
-        text = resources.files("streams.samples").joinpath(SAMPLES).read_text()
-    else:
-        text = file.read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return samples.events()
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
 @app.command()
@@ -272,10 +269,11 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
 
+    # --llm: the LLM topics, for this command's settings and (STREAMS_TOPICS) its subprocesses'.
+    topics = {"topics": LLM_DEMO_TOPICS} if llm else {}
     if llm:
-        os.environ["STREAMS_TOPICS"] = json.dumps(LLM_DEMO_TOPICS)
         timeout = max(timeout, 900.0)
-    settings = Settings()
+    settings = Settings(**topics)
     port = _port_of(settings.kafka_bootstrap)
     try:
         embedded = EmbeddedBroker(port).start()
@@ -288,10 +286,14 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         from .broker import free_port
         from .kafka import ensure_topics
 
-        ensure_topics(settings.model_copy(update={"kafka_bootstrap": embedded.bootstrap}))  # as a platform team would
+        local = Settings(**topics, kafka_bootstrap=embedded.bootstrap)
+        ensure_topics(local)  # as a platform team would
 
+        health_port = settings.health_port if "health_port" in settings.model_fields_set else free_port()
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap,
-                            "STREAMS_HEALTH_PORT": os.environ.get("STREAMS_HEALTH_PORT", str(free_port()))}
+                            "STREAMS_HEALTH_PORT": str(health_port)}
+        if llm:
+            env["STREAMS_TOPICS"] = json.dumps(LLM_DEMO_TOPICS)
         with log_path.open("wb") as log:
             worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
                                            stdout=log, stderr=subprocess.STDOUT)
@@ -304,8 +306,7 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         # With the LLM an output the token cap cut off is dead-lettered (llm_truncated): an
         # outcome too, shown with its reason.
         dead_topics = [r.dlq for r in settings.topics] if llm else []
-        for t, record in _decoded(Settings(kafka_bootstrap=embedded.bootstrap),
-                                  [r.output for r in settings.topics], True, timeout, len(wanted),
+        for t, record in _decoded(local, [r.output for r in settings.topics], True, timeout, len(wanted),
                                   dead_topics=dead_topics):
             seen.add(record["event_id"])
             if "dead_letter_reason" in record:
@@ -344,11 +345,11 @@ LLM_DEMO_TOPICS = [
 def models(llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="also prepare the LLM "
                                                "(convert its GGUF once); default: when a topic uses it")) -> None:
     """Prepare (convert once) and check the configured models, then print what was loaded."""
-    from .engine import Engine, ModelLoadError
+    from .engine import EncoderEngine, ModelLoadError
 
     settings = Settings()
     try:
-        engine = Engine.load(settings.ner_model, settings.classifier_model,
+        engine = EncoderEngine.load(settings.ner_model, settings.classifier_model,
                              cache_dir=settings.model_cache, device=settings.device)
         for m in engine.models:
             console.print(f"{m.task}: {m.name} ({m.version}) on {engine.device}")
@@ -361,158 +362,33 @@ def models(llm: Optional[bool] = typer.Option(None, "--llm/--no-llm", help="also
         _fail(str(exc))
 
 
-@app.command()
-def bench(
-    texts: int = typer.Option(512, help="texts for the engine/naive/reference runs"),
-    events: int = typer.Option(2048, help="events for the end-to-end run"),
-    ceiling_events: int = typer.Option(20000, help="events for the no-op stream-ceiling run"),
-    out: Path = typer.Option(Path("bench/results.json"), help="where the figures are written"),
-    bounds: Path = typer.Option(Path("bench/bounds.json"), help="ratio bounds for --check"),
-    check: bool = typer.Option(False, "--check", help="exit 1 when a ratio is below its bound"),
-    duration: float = typer.Option(0, help="instead: a sustained run of this many seconds, "
-                                           "reporting worker RSS growth after warm-up"),
-    rate: float = typer.Option(30.0, help="events/s offered during --duration"),
-    rounds: int = typer.Option(3, help="rounds of engine, end-to-end, traced and ceiling runs, alternated (each round the mirror of the one before); each figure is the mean of its runs, a ceiling the best"),
-    traced: bool = typer.Option(True, "--traced/--no-traced",
-                                help="also run end-to-end with tracing on (OTLP gRPC) and compare"),
-    engine: str = typer.Option("encoder", help="encoder (NER + classifier) or llm (the LLM engine "
-                                               "on the support-ticket samples, docs/llm.md)"),
-    llm_texts: int = typer.Option(32, help="--engine llm: texts for the batched, naive, grammar "
-                                          "and end-to-end runs"),
-    llm_naive: int = typer.Option(0, help="--engine llm: texts for the one-per-call run; 0: the "
-                                          "same texts as the batched run (a fair ratio: a pass "
-                                          "lasts as long as its longest output)"),
-    only: str = typer.Option("throughput,launch,latency", help="which parts: throughput (engine, "
-                             "reference, end to end after ready, ceiling), launch (worker and "
-                             "reference loop from process launch), latency (at half the capacity)"),
-    launch_events: int = typer.Option(1000, help="tickets waiting when the worker / reference loop is launched"),
-    latency_s: float = typer.Option(60.0, help="seconds of the half-capacity latency run"),
-) -> None:
-    """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
-    _use_configured_allocator()  # the engine runs measured here on the worker's allocator
-    from rich.table import Table
-
-    from . import bench as b
-
-    if engine == "llm":
-        _bench_llm(llm_texts, llm_naive or llm_texts, out.with_name("results-llm.json"), bounds, check)
-        return
-    if engine != "encoder":
-        _fail(f"--engine {engine!r}: use encoder or llm")
-
-    if duration:
-        r = b.bench_sustained(duration, rate, out.parent, warmup=min(60.0, duration / 5))
-        out.with_name("sustained.json").write_text(json.dumps(r, indent=2))
-        console.print(f"sustained {duration:.0f}s at {rate:.0f} events/s: sent {r['sent']}, "
-                      f"received {r['received']}; worker RSS {r['rss_after_warmup_mb']:.0f} MB after "
-                      f"warm-up -> {r['rss_end_mb']:.0f} MB at the end (max {r['rss_max_mb']:.0f} MB), "
-                      f"growth {r['rss_growth_pct']:+.1f} %")
-        if check and r["rss_growth_pct"] >= 5:
-            raise typer.Exit(1)
-        return
-
-    parts = tuple(p.strip() for p in only.split(",") if p.strip())
-    if not parts or set(parts) - set(b.PARTS):
-        _fail(f"--only {only!r}: a comma-separated list of {', '.join(b.PARTS)}")
-    r = b.run(texts, events, ceiling_events, out, traced=traced, rounds=rounds, parts=parts,
-              n_launch=launch_events, latency_s=latency_s)
-    table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
-    for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    if "engine" in r:
-        table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
-    if "naive" in r:
-        table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
-        table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
-    if "int8" in r:
-        table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
-    source = {"faust": "Faust agent", "librdkafka": "librdkafka"}.get(r.get("source", ""), "")
-    for key, name in (("end_to_end", f"end-to-end, {source} source (STREAMS_SOURCE)" if source else "end-to-end"),
-                      ("end_to_end_librdkafka", "end-to-end, librdkafka source"),
-                      ("end_to_end_faust", "end-to-end, Faust agent source"),
-                      ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
-                      ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
-                      ("end_to_end_traced", "end-to-end, traced")):
-        if key not in r:
-            continue
-        s = r[key]
-        table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
-                      f"{s['worker_peak_rss_mb']:.0f}")
-    console.print(table)
-    if "from_launch" in r:
-        launch = Table(title=f"from process launch, {r['from_launch']['events']:.0f} tickets waiting "
-                             f"(median of {len(r['from_launch']['runs_events_per_s'])})")
-        for col in ("run", "events/s, launch to last output", "launch to first output s",
-                    "launch to last output s"):
-            launch.add_column(col, justify="right" if col != "run" else "left")
-        for key, name in (("reference_from_launch", "reference loop (consume 32, pipelines 32)"),
-                          ("from_launch", "streams worker")):
-            s = r[key]
-            launch.add_row(name, f"{s['events_per_s']:.1f}", f"{s['first_output_s']:.1f}",
-                           f"{s['last_output_s']:.1f}")
-        console.print(launch)
-    if "latency" in r:
-        lat = r["latency"]
-        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s "
-                      f"after {lat['warmup_s']:.0f} s of warm-up: "
-                      f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
-                      f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
-                      f"one forward pass {lat['forward_pass_ms']:.0f} ms")
-    for name, value in r["ratios"].items():
-        console.print(f"{name}: {value:.2f}")
-    if "int8" in r:
-        a = r["int8"]["agreement"]
-        console.print(f"int8 vs full precision: {r['int8']['events_per_s'] / r['engine']:.2f}x the speed; "
-                      f"labels agree on {a['labels']:.1%} of texts, entity spans on {a['entities_exact']:.1%} "
-                      f"(entity F1 {a['entities_f1']:.3f})")
-    if "end_to_end_traced" in r:
-        console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
-    if "tracing_cost" in r:
-        t = r["tracing_cost"]
-        console.print(f"tracing costs the worker {t['us_per_event']:.0f} µs of CPU per event (no-op engine, "
-                      f"traced minus untraced), the models {t['end_to_end_cpu_us_per_event']:.0f} µs")
-    console.print(f"written to {out}")
-    if check:
-        failures = b.check(r, json.loads(bounds.read_text()))
-        for f in failures:
-            console.print(f"[red]below bound:[/] {f}")
-        if failures:
-            raise typer.Exit(1)
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def bench(ctx: typer.Context) -> None:
+    """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table.
+    The bench/ of a source checkout, with the bench extra (= python -m bench; --help: its options)."""
+    if "--help" not in ctx.args:
+        _use_configured_allocator()  # the engine runs measured here on the worker's allocator
+    _bench_cli().main(ctx.args, prog_name="streams bench")
 
 
-def _bench_llm(n_texts: int, n_naive: int, out: Path, bounds: Path, check: bool) -> None:
-    from rich.table import Table
+def _bench_cli():
+    """bench/cli.py, imported only here: the service depends on nothing in bench/. A checkout's
+    bench/ sits beside this package (an editable install runs from there)."""
+    from .settings import REPO_ROOT
 
-    from . import bench_llm as bl
-
-    r = bl.run(n_texts, n_naive, n_texts, out)
-    table = Table(title=f"streams bench --engine llm: {r['model']} on {r['device']} ({r['dtype']}, "
-                        f"{r.get('card', str(r['cpu_count']) + ' cores')}), {r['texts']} tickets, "
-                        f"up to {r['llm_batch']} rows per step, prompt prefix {r['prompt_prefix_tokens']} tokens")
-    for col in ("run", "events/s", "output tokens/s", "note"):
-        table.add_column(col, justify="left" if col in ("run", "note") else "right")
-    table.add_row("LLM engine, batched", f"{r['batched']['events_per_s']:.3f}",
-                  f"{r['batched']['output_tokens_per_s']:.1f}", f"{r['batched']['failed']} dead-lettered")
-    table.add_row("naive (one per call)", f"{r['naive']['events_per_s']:.3f}",
-                  f"{r['naive']['output_tokens_per_s']:.1f}", "")
-    g = r["grammar"]
-    table.add_row("grammar overhead", "", "", f"{g['overhead_pct']:+.1f} % per token "
-                  f"({g['constrained_s_per_token'] * 1000:.0f} vs {g['unconstrained_s_per_token'] * 1000:.0f} ms); "
-                  f"xgrammar's share of the constrained runs {g['grammar_share_pct']:.1f} %")
-    if "end_to_end" in r:
-        e = r["end_to_end"]
-        table.add_row("end-to-end (broker, worker)", f"{e['events_per_s']:.3f}", "",
-                      f"{e['enriched']} enriched + {e['dead_lettered']} dead-lettered of {e['events']}")
-    console.print(table)
-    for name, value in r["ratios"].items():
-        console.print(f"{name}: {value:.2f}")
-    console.print(f"written to {out}")
-    if check:
-        failures = bl.check(r, json.loads(bounds.read_text()))
-        for f in failures:
-            console.print(f"[red]below bound:[/] {f}")
-        if failures:
-            raise typer.Exit(1)
+    try:
+        import bench.cli
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench":
+            _fail(f"streams bench: {exc.name} is missing: pip install -e '.\\[bench]' in the checkout")
+        if not (REPO_ROOT / "bench" / "__init__.py").is_file():
+            _fail("streams bench runs the bench/ tree of a source checkout, which this installation "
+                  "lacks (the service image ships without it): in a checkout, pip install -e "
+                  "'.\\[bench]', then streams bench or python -m bench")
+        sys.path.insert(0, str(REPO_ROOT))
+        import bench.cli
+    return bench.cli
 
 
 def _parse_time(value: str | None):
@@ -604,7 +480,7 @@ def replay(
 
         ensure_topics(settings, [output])  # a new output topic exists before it is written
 
-    from .pipeline import Runtime
+    from .runtime import Runtime
     from .serde.registry import SchemaError
 
     runtime = Runtime.load(settings)

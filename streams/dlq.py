@@ -6,10 +6,13 @@ from __future__ import annotations
 import hashlib
 import traceback
 from datetime import datetime, timezone
+from typing import Callable
 
 from .errors import sanitize
+from .records import InRecord, OutRecord
 
 PREFIX = "__streams.errors."
+OMITTED = PREFIX + "omitted"  # what a bare dead letter left out of the original
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # W3C trace context
 
 
@@ -46,3 +49,33 @@ def dlq_headers(*, original_headers, reason: str, message: str, error_class: str
         "failed.at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
     return headers + [(PREFIX + k, v.encode()) for k, v in provenance.items()]
+
+
+def no_headers(rec: InRecord) -> list[tuple[str, bytes]]:
+    return []
+
+
+def dead_letter(rec: InRecord, topic: str, reason: str, message: str, error_class: str, *,
+                worker_id: str, fits: Callable[[OutRecord], bool], exc: BaseException | None = None,
+                more: Callable[[InRecord], list[tuple[str, bytes]]] = no_headers,
+                trace_context: list[tuple[str, bytes]] | None = None, bare: bool = False) -> OutRecord:
+    """The dead letter of one input record, for the DLQ `topic`: its key, bytes and headers plus
+    provenance, or, when that would not `fit` the producer's limit (or `bare`), provenance alone
+    with `__streams.errors.omitted` naming what was left out: the original stays in the input
+    topic at the coordinates the headers give. `more(rec)`: headers added (replay markers)."""
+    def provenance(original_headers) -> list[tuple[str, bytes]]:
+        return dlq_headers(original_headers=original_headers, reason=reason, message=message,
+                           error_class=error_class, topic=rec.topic, partition=rec.partition,
+                           offset=rec.offset, timestamp_ms=rec.timestamp_ms, worker_id=worker_id,
+                           exc=exc, trace_context=trace_context)
+
+    if rec.client_error is not None:
+        return OutRecord(topic, None, b"", [*provenance(rec.headers), (OMITTED, b"key,value,headers"),
+                                            *more(rec)], "dlq_bare", rec)
+    out = OutRecord(topic, rec.key, rec.value or b"", [*provenance(rec.headers), *more(rec)], "dlq", rec)
+    if not bare and fits(out):
+        return out
+    key = rec.key if rec.key is not None and len(rec.key) <= 1024 else None
+    omitted = "value,headers" if key is not None or rec.key is None else "key,value,headers"
+    return OutRecord(topic, key, b"", [*provenance([]), (OMITTED, omitted.encode()), *more(rec)],
+                     "dlq_bare", rec)

@@ -1,7 +1,7 @@
 """Health over HTTP on the Faust worker's web server, for Kubernetes probes.
 
-Both sources (`app.source`: the librdkafka loop or the Faust agent) give the same three
-things: `state` (a ConsumerState), `alive()` and `runtime`.
+Both sources (`app.source`: the librdkafka loop or the Faust agent) are a
+`streams.source.Source`: `state` (a ConsumerState), `alive()` and `runtime`.
 
 /livez   200 while the event loop answers and the source (the loop's thread, the agent) is
          alive and polling (a loop stuck longer than max_poll_interval_s is not live, unless it is
@@ -21,20 +21,22 @@ import time
 import faust
 from faust.web import Request, Response, View
 
+from .source.base import Source
+
 LIVENESS_PATH = "/livez"
 READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
 
 
 def liveness(app: faust.App) -> tuple[bool, dict]:
-    runner = getattr(app, "source", None)
+    runner: Source | None = getattr(app, "source", None)
     if runner is None or runner.runtime is None:  # still loading models: live, not ready
         return True, {"status": "ok", "loop": "starting"}
     now = time.monotonic()
     since_poll = now - runner.state.last_poll
     stuck_after = app.conf.streams_settings.max_poll_interval_s
     waiting = runner.state.degraded is not None or runner.runtime.producer.retrying is not None
-    progress_at = getattr(runner.runtime.engine, "progress_at", None)  # engines that report it
+    progress_at = runner.runtime.engine.progress_at  # None where an engine does not measure it
     since_progress = None if progress_at is None else now - progress_at
     progressing = since_progress is not None and since_progress < stuck_after
     live = runner.alive() and (since_poll < stuck_after or waiting or progressing)
@@ -46,7 +48,7 @@ def liveness(app: faust.App) -> tuple[bool, dict]:
 
 
 def readiness(app: faust.App) -> tuple[bool, dict]:
-    runner = getattr(app, "source", None)
+    runner: Source | None = getattr(app, "source", None)
     if runner is not None and runner.runtime is None:
         runner = None
     state = runner.state if runner is not None else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .errors import FatalError
+from .records import InRecord
 from .settings import Settings
 
 log = logging.getLogger("streams.kafka")
@@ -64,6 +65,15 @@ def read_headers(message) -> list[tuple[str, bytes]]:
     except (SystemError, UnicodeDecodeError, ValueError):
         return [(OMITTED_HEADERS, b"a header name is not valid UTF-8; read the headers at the "
                                   b"source coordinates")]
+
+
+def to_record(message) -> InRecord:
+    """A librdkafka message as the pipeline's record (the librdkafka source, replay); its
+    headers never raise (`read_headers`)."""
+    ts_type, ts = message.timestamp()
+    return InRecord(message.topic(), message.partition(), message.offset(),
+                    None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+                    message.key(), message.value(), read_headers(message))
 
 
 def all_topics(settings: Settings) -> list[str]:

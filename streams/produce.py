@@ -7,16 +7,20 @@ deliveries are sorted by `streams.errors.classify_delivery`:
   backoff, for as long as it takes; `retrying` says why meanwhile (/readyz reads it);
 - DLQ (this record is refused: too large, invalid): returned to the caller, who dead-letters it,
   once it was refused when sent alone (the broker refuses whole batches);
-- EXIT (fenced, not authorized, invalid configuration): `FatalError`."""
+- EXIT (fenced, not authorized, invalid configuration): `FatalError`.
+
+`deliver` adds the dead letters: a refused record is dead-lettered in its place."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from .dlq import PREFIX, dead_letter
 from .errors import FatalError, classify_delivery, producer_state_lost, sanitize
 from .kafka import PARTITIONER
 from .records import OutRecord
@@ -157,3 +161,32 @@ class AckingProducer:
 def _action(err: KafkaError):
     """A lost idempotence state is retried with a new producer (`_renew`); the rest as classified."""
     return "RETRY" if producer_state_lost(err) else classify_delivery(err)
+
+
+def deliver(producer: AckingProducer, out: list[OutRecord], timeout: float | None = None, *,
+            sent: bool = False, worker_id: str, dlq_topic: Callable[[str], str]) -> None:
+    """Produce a batch's records and wait for the broker's acknowledgements. An output the
+    broker refuses for good is dead-lettered in its place (to `dlq_topic(input topic)`); a
+    refused dead letter goes again without the original bytes and headers; a refused bare dead
+    letter is fatal (the DLQ topic itself does not take records). `sent`: `out` was already
+    handed to `producer.send`; only the acknowledgements are awaited."""
+    rejected = producer.deliver(out, timeout, sent=sent)
+    while rejected:
+        again = []
+        for record, why in rejected:
+            rec = record.source
+            if record.kind == "output":
+                log.warning("the broker refused the enriched record of %s[%d]@%d (%s); dead-lettering it",
+                            rec.topic, rec.partition, rec.offset, why)
+                again.append(dead_letter(rec, dlq_topic(rec.topic), "output_rejected", why, "KafkaError",
+                                         worker_id=worker_id, fits=producer.fits))
+            elif record.kind == "dlq":
+                log.warning("the broker refused the dead letter of %s[%d]@%d (%s); sending it without "
+                            "the original bytes", rec.topic, rec.partition, rec.offset, why)
+                reason = dict(record.headers or []).get(PREFIX + "reason", b"unknown").decode()
+                again.append(dead_letter(rec, dlq_topic(rec.topic), reason, why, "KafkaError",
+                                         worker_id=worker_id, fits=producer.fits, bare=True))
+            else:
+                raise FatalError(f"the DLQ topic {record.topic!r} refuses even a bare dead letter ({why}): "
+                                 "check its configuration (max.message.bytes, ACLs)")
+        rejected = producer.deliver(again, timeout)

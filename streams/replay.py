@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,11 +28,11 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from .kafka import consumer as make_consumer
-from .kafka import read_headers
+from .kafka import read_headers, to_record
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
-    from .pipeline import Runtime
+    from .runtime import Runtime
     from .records import InRecord
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,8 @@ def replay_group(rid: str) -> str:
 def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
                resume: bool = True):
     """read_messages' batches as pipeline InRecords. Commits nothing."""
-    from .records import InRecord
-
     for msgs in read_messages(cons, topic, ranges, batch_size=batch_size, resume=resume):
-        yield [InRecord(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                        read_headers(m)) for m in msgs]
+        yield [to_record(m) for m in msgs]
 
 
 def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
@@ -282,8 +280,10 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                ranges: list[PartitionRange], output: str, rid: str, limit: int | None = None,
                on_batch=None) -> Progress:
     """Enrich the range, produce (acks=all), then commit what was produced; `limit` stops
-    after that many events (the next run resumes after them)."""
-    from .pipeline import deliver, enrich_records
+    after that many events (the next run resumes after them). Each batch goes through the
+    workers' `BatchProcessor`: a registry, broker or accelerator that fails is waited out with
+    the batch in hand (RETRY), exactly as in the worker; nothing is committed meanwhile."""
+    from .source.base import BatchProcessor, ConsumerState
 
     if output in settings.routes:
         raise ValueError(f"output topic {output!r} is an input topic: refusing to replay into it")
@@ -299,6 +299,9 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                 ("streams.replay.source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode()),
                 ("streams.replay.model.version", version.encode())]
 
+    processor = BatchProcessor(runtime, ConsumerState(), lambda records: True, threading.Event(),
+                               route_for=lambda _topic: route, extra_headers=headers,
+                               deliver_timeout=DELIVERY_TIMEOUT_S)
     try:
         for batch in read_range(cons, topic, ranges, batch_size=settings.max_batch):
             if limit is not None:  # keep records up to the limit-th one in range
@@ -308,12 +311,9 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                     batch = batch[: inside[room]]
             wanted = [r for r in batch if in_range(r.timestamp_ms, start_ms, end_ms)]
             progress.skipped += len(batch) - len(wanted)
-            for partition in sorted({r.partition for r in wanted}):
-                recs = [r for r in wanted if r.partition == partition]
-                result = enrich_records(runtime, route, recs, extra_headers=headers)
-                deliver(runtime, result.out, timeout=DELIVERY_TIMEOUT_S)
-                progress.enriched += result.enriched
-                progress.dead += result.dead
+            if wanted:
+                processor.process_until_done(wanted)
+            progress.enriched, progress.dead = processor.enriched, processor.dead
             progress.read += len(wanted)
             done: dict[int, int] = {}
             for r in batch:

@@ -11,7 +11,8 @@ from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from streams.agent import Undecodable, install_record_reader, to_record
+from streams.source.faust import to_record
+from streams.source.faust_patches import Undecodable, install_record_reader
 from streams.app import create_app
 from streams.kafka import OMITTED_HEADERS
 from streams.settings import Settings
@@ -55,9 +56,9 @@ def test_the_faust_app_starts_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
-    from streams.engine import Engine  # still there when named: imported then
+    from streams.engine import EncoderEngine  # still there when named: imported then
 
-    assert Engine.__module__ == "streams.engine.encoder"
+    assert EncoderEngine.__module__ == "streams.engine.encoder"
 
 
 def test_the_librdkafka_source_has_no_agent():
@@ -131,7 +132,7 @@ def test_eager_wait_first_finishes_a_callback_that_does_not_wait_inline():
     import asyncio
     import warnings
 
-    from streams.agent import EagerWaitFirst
+    from streams.source.faust_patches import EagerWaitFirst
 
     async def main():
         service = EagerWaitFirst()
@@ -153,7 +154,7 @@ def test_eager_wait_first_finishes_a_callback_that_does_not_wait_inline():
 def test_eager_wait_first_hands_a_callback_that_waits_to_faust_and_returns_its_result():
     import asyncio
 
-    from streams.agent import EagerWaitFirst
+    from streams.source.faust_patches import EagerWaitFirst
 
     async def main():
         service = EagerWaitFirst()
@@ -174,7 +175,7 @@ def test_eager_wait_first_hands_a_callback_that_waits_to_faust_and_returns_its_r
 def test_eager_wait_first_cancels_a_waiting_callback_when_the_flow_is_suspended():
     import asyncio
 
-    from streams.agent import EagerWaitFirst
+    from streams.source.faust_patches import EagerWaitFirst
 
     seen = []
 
@@ -201,7 +202,7 @@ def test_eager_wait_first_cancels_a_waiting_callback_when_the_flow_is_suspended(
 def test_eager_wait_first_propagates_a_callback_error():
     import asyncio
 
-    from streams.agent import EagerWaitFirst
+    from streams.source.faust_patches import EagerWaitFirst
 
     async def main():
         async def callback():
@@ -214,7 +215,7 @@ def test_eager_wait_first_propagates_a_callback_error():
 
 
 def test_the_agent_app_consumes_through_the_eager_consumer():
-    from streams.agent import EagerConsumer
+    from streams.source.faust_patches import EagerConsumer
 
     app = create_app(Settings(source="faust"))
     assert app.transport.Consumer is EagerConsumer
@@ -223,12 +224,12 @@ def test_the_agent_app_consumes_through_the_eager_consumer():
 # -- transactions, compaction and the commit (read_committed, issue: real Java traffic) ------
 from aiokafka.consumer.fetcher import READ_COMMITTED  # noqa: E402
 
-from streams.agent import OFFSET_GAPS, OffsetGaps, install_gap_aware_commit  # noqa: E402
+from streams.source.faust_patches import OFFSET_GAPS, OffsetGaps, install_gap_aware_commit  # noqa: E402
 from tests.fixtures.raw_records import build_marker, build_txn_batch  # noqa: E402
 
 
 def test_the_agent_consumer_reads_committed_data_only():
-    from streams.agent import PromptConsumerThread
+    from streams.source.faust_patches import PromptConsumerThread
 
     import asyncio
 

@@ -3,11 +3,8 @@ fail alone become InferenceFailure (dead-lettered as inference_error); their nei
 enriched, in order.
 
 The real engine cannot be made to fail on cue, so a fake one stands in. `Runtime.__init__` is
-skipped by a subclass that sets only `engine`, the one attribute `infer` reads: the real
-constructor also opens a librdkafka producer (which connects to the bootstrap servers at once,
-logging errors when no broker is there) and starts its poll thread and a thread pool, none of
-which `infer` touches. The method under test, and its recursion through `self.infer`, are
-the real ones."""
+skipped by a subclass that sets only `engine`, the one attribute `infer` reads. The method under
+test, and its recursion through `self.infer`, are the real ones."""
 
 from __future__ import annotations
 
@@ -18,8 +15,8 @@ from typing import Sequence
 import pytest
 
 from streams.errors import RetriableError
-from streams.pipeline import PROBE_TEXT, InferenceFailure, Runtime
-from streams.engine import Classification, Inference, LabelSet
+from streams.engine import Classification, Inference, LabelSet, NoopEngine
+from streams.runtime import PROBE_TEXT, InferenceFailure, Runtime
 
 POISON = "<poison>"
 LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel"})
@@ -30,16 +27,18 @@ class EngineOnlyRuntime(Runtime):
         self.engine = engine
 
 
-class FakeEngine:
+class FakeEngine(NoopEngine):
     """Echoes each text back as its classification label, so order can be checked; raises
     `exc_type` for any batch that `fails(batch)` says is bad. Records every call."""
+
+    runs_models = True  # on the inference thread, as a torch engine
 
     def __init__(self, fails, exc_type: type[BaseException] = RuntimeError):
         self.fails = fails
         self.exc_type = exc_type
         self.calls: list[tuple[list[str], bool]] = []
 
-    def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
+    def infer(self, texts: Sequence[str], labels: LabelSet | None, topic: str | None = None) -> list[Inference]:
         batch = list(texts)
         failed = self.fails(batch)
         self.calls.append((batch, failed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from streams.consume import ConsumerState
+from streams.source.base import ConsumerState
 from streams.records import InRecord
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from streams.consume import ConsumerState, consumer_config
+from streams.source.base import ConsumerState
+from streams.source.librdkafka import consumer_config
 from streams.kafka import ISOLATION, ensure_topics
 from streams.kafka import consumer as make_consumer
 from streams.kafka import producer as make_producer

@@ -11,8 +11,9 @@ import pytest
 
 from streams.engine import NoopEngine
 from streams.errors import FatalError, RetriableError
-from streams.pipeline import InOrder, Runtime, enrich_records
+from streams.pipeline import InOrder, enrich_records
 from streams.records import InRecord
+from streams.runtime import Runtime
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
@@ -38,9 +39,7 @@ def runtime():
     settings = Settings(output_chunk=2, model_batch=2)
     catalog = SchemaCatalog(f"mock://order-{uuid.uuid4().hex}", settings.schema_dir,
                             [r.input for r in settings.topics], [r.output for r in settings.topics])
-    rt = Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
-    rt.producer = Sent()
-    return rt
+    return Runtime(settings, NoopEngine(), catalog, Sent(), telemetry=Telemetry.disabled())
 
 
 def _rec(partition: int, offset: int, text: str | None, raw: bytes | None = None) -> InRecord:

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from streams.app import create_app, faust_credentials
 from streams.broker import free_port
-from streams.consume import ConsumerState, consumer_config
+from streams.source.base import ConsumerState
+from streams.source.librdkafka import consumer_config
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 

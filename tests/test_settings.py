@@ -5,7 +5,8 @@ import json
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 
-from streams.consume import ConsumerState, consumer_config
+from streams.source.base import ConsumerState
+from streams.source.librdkafka import consumer_config
 from streams.settings import Settings
 
 
@@ -75,14 +76,15 @@ def test_overlap_tokenization_setting(monkeypatch, value, expected):
 
 
 def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkeypatch):
-    """Runtime.load hands the setting to Engine.load and warms the models up before any event."""
-    from streams import engine as engine_package, pipeline
+    """Runtime.load hands the setting to EncoderEngine.load and warms the models up before any event."""
+    from streams import engine as engine_package
+    from streams.runtime import Runtime
     from streams.telemetry import Telemetry
 
     calls: list = []
 
-    class FakeEngine:
-        device, load_seconds, models = "cpu", 1.0, []
+    class FakeEngine(engine_package.NoopEngine):
+        device, load_seconds, models, runs_models = "cpu", 1.0, [], True
 
         def warm_up(self):
             calls.append("warm_up")
@@ -93,25 +95,18 @@ def test_runtime_load_passes_overlap_tokenization_and_warms_the_engine_up(monkey
         calls.append(("load", kwargs["overlap_tokenization"], kwargs["quantize"]))
         return FakeEngine()
 
-    class Stub:
-        def __init__(self, *args, **kwargs):
-            pass
+    class Stub:  # catalog and producer: no registry, no broker here
+        pass
 
-        def ensure_registered(self):
-            pass
-
-    monkeypatch.setattr(pipeline, "ensure_output_topics", lambda s: None)  # no broker here
-    monkeypatch.setattr(pipeline.SchemaCatalog, "from_settings", classmethod(lambda cls, s: Stub()))
-    monkeypatch.setattr(pipeline, "AckingProducer", Stub)
-    monkeypatch.setattr(engine_package.Engine, "load", load)
+    monkeypatch.setattr(engine_package.EncoderEngine, "load", load)
     monkeypatch.setenv("STREAMS_OVERLAP_TOKENIZATION", "true")
     monkeypatch.setenv("STREAMS_QUANTIZE", "int8")
-    runtime = pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
+    runtime = Runtime.load(Settings(), telemetry=Telemetry.disabled(), catalog=Stub(), producer=Stub())
     assert calls == [("load", True, "int8"), "warm_up"]
     assert runtime.engine.load_seconds == 1.5  # the warm-up counts as loading
     calls.clear()
     monkeypatch.setenv("STREAMS_ENGINE", "noop")  # no models, nothing to warm up
-    pipeline.Runtime.load(Settings(), telemetry=Telemetry.disabled())
+    Runtime.load(Settings(), telemetry=Telemetry.disabled(), catalog=Stub(), producer=Stub())
     assert calls == []
 
 

@@ -13,17 +13,18 @@ import uuid
 
 import pytest
 
-from streams.consume import BatchConsumer, ConsumerState
+from streams.source.base import ConsumerState
+from streams.source.librdkafka import BatchConsumer
 from streams.engine import NoopEngine
 from streams.kafka import ensure_topics
 from streams import pipeline
 from streams.errors import FatalError, RetriableError
-from streams.pipeline import Runtime
 from streams.records import InRecord
+from streams.runtime import Runtime, acking_producer
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
-from streams.worker import EnrichmentLoop
+from streams.source.librdkafka import EnrichmentLoop
 from tests.fixtures.kafka_io import produce
 
 TOPIC = "orders.notes"
@@ -66,8 +67,7 @@ def runtime():
     settings = Settings()
     catalog = SchemaCatalog(f"mock://loop-{uuid.uuid4().hex}", settings.schema_dir,
                             [r.input for r in settings.topics], [r.output for r in settings.topics])
-    rt = Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
-    return rt
+    return Runtime(settings, NoopEngine(), catalog, CallLog(), telemetry=Telemetry.disabled())
 
 
 def _records(n: int, partition: int = 0) -> list[InRecord]:
@@ -94,25 +94,25 @@ def test_a_batch_that_cannot_be_delivered_is_not_committed(runtime):
     assert [c[0] for c in log.calls] == ["send", "deliver"]
 
 
-class BrokenEngine:
+class BrokenEngine(NoopEngine):
     """Fails every text, the probe text too: a sticky accelerator error."""
 
-    device, load_seconds, models = "cpu", 0.0, NoopEngine.models
+    device, runs_models = "cpu", True
 
     def __init__(self):
         self.calls = 0
 
-    def infer(self, texts, labels):
+    def infer(self, texts, labels, topic=None):
         self.calls += 1
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
-def test_an_engine_broken_on_every_input_is_reloaded_once_then_fatal(runtime, monkeypatch):
+def test_an_engine_broken_on_every_input_is_reloaded_once_then_fatal(runtime):
     log = CallLog()
     runtime.producer = log
     runtime.engine = BrokenEngine()
     reloads = []
-    monkeypatch.setattr(pipeline, "_load_engine", lambda settings: reloads.append(1) or BrokenEngine())
+    runtime.engine_factory = lambda settings, telemetry: reloads.append(1) or BrokenEngine()
     loop = EnrichmentLoop(runtime, consumer=log)
     with pytest.raises(FatalError, match="after a reload"):
         loop.process_until_done(_records(4))
@@ -120,11 +120,11 @@ def test_an_engine_broken_on_every_input_is_reloaded_once_then_fatal(runtime, mo
     assert log.calls == []  # nothing delivered, nothing committed, nothing dead-lettered
 
 
-def test_an_engine_that_recovers_after_a_reload_enriches_the_batch(runtime, monkeypatch):
+def test_an_engine_that_recovers_after_a_reload_enriches_the_batch(runtime):
     log = CallLog()
     runtime.producer = log
     runtime.engine = BrokenEngine()
-    monkeypatch.setattr(pipeline, "_load_engine", lambda settings: NoopEngine())
+    runtime.engine_factory = lambda settings, telemetry: NoopEngine()
     loop = EnrichmentLoop(runtime, consumer=log)
     assert loop.process_until_done(_records(4))
     assert log.calls == [("send", 4), ("deliver", 4), ("commit", (0, 13))]
@@ -192,11 +192,11 @@ class ChunkLog(NoopEngine):
     def __init__(self, log: CallLog, hook=None):
         self.log, self.hook = log, hook
 
-    def infer(self, texts, labels):
+    def infer(self, texts, labels, topic=None):
         self.log.calls.append(("infer", len(texts)))
         if self.hook is not None:
             self.hook()
-        return super().infer(texts, labels)
+        return super().infer(texts, labels, topic)
 
 
 def test_outputs_leave_group_by_group_and_the_commit_waits_for_every_ack(runtime):
@@ -241,7 +241,7 @@ def test_first_outputs_reach_the_broker_while_the_batch_is_still_inferred(broker
                         schema_registry_url=f"mock://chunks-{uuid.uuid4().hex}")
     ensure_topics(settings)
     catalog = SchemaCatalog.from_settings(settings)
-    rt = Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
+    rt = Runtime(settings, NoopEngine(), catalog, acking_producer(settings), telemetry=Telemetry.disabled())
     reader = consumer(settings, f"r-{name}")
     reader.assign([TopicPartition(f"{name}.enriched", 0, OFFSET_BEGINNING)])
     seen: list[int] = []

@@ -17,13 +17,17 @@ from .ner import EntityExtractor
 from .types import Inference, LabelSet, ModelInfo
 
 
-class Engine:
-    """Entity extraction + classification for a batch of texts, in one call.
+class EncoderEngine:
+    """Entity extraction + classification for a batch of texts, in one call (the `Engine`
+    protocol: every topic gets the same models, and nothing caps its batches).
 
     With `overlap_tokenization`, the classifier's windows are tokenized in a background thread
     (one, owned by the engine) while the entity model's forward passes run: fast tokenizers
     release the GIL while they encode. It pays when the forward passes run on a GPU; on CPU
     torch already keeps every core busy."""
+
+    runs_models = True
+    progress_at = None  # not reported: /livez goes by the time since the last poll
 
     def __init__(self, extractor: EntityExtractor, classifier, models: list[ModelInfo], device,
                  load_seconds: float = 0.0, *, overlap_tokenization: bool = False):
@@ -43,7 +47,7 @@ class Engine:
     def load(cls, ner: str = DEFAULT_NER, classifier: str = DEFAULT_CLASSIFIER, *,
              cache_dir: Path, device: str = "auto", max_batch: int = 32,
              max_tokens: int = 8192, model_version: str | None = None,
-             overlap_tokenization: bool | None = None, quantize: str = "none") -> "Engine":
+             overlap_tokenization: bool | None = None, quantize: str = "none") -> "EncoderEngine":
         """`overlap_tokenization`: None (auto) turns it on for a CUDA device, off on CPU.
         `quantize="int8"`: dynamic int8 quantization of both models' Linear layers, for
         CPU-only deployments (faster, less exact: `streams bench` prints both)."""
@@ -101,7 +105,14 @@ class Engine:
         self.load_seconds += seconds
         return seconds
 
-    def infer(self, texts: Sequence[str], labels: LabelSet | None) -> list[Inference]:
+    def models_for(self, topic: str) -> list[ModelInfo]:
+        return self.models
+
+    def max_events_for(self, topic: str, budget_s: float) -> int | None:
+        return None
+
+    def infer(self, texts: Sequence[str], labels: LabelSet | None,
+              topic: str | None = None) -> list[Inference]:
         if not texts:
             return []
         if self._tokenizer_thread is None:

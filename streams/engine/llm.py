@@ -3,7 +3,7 @@ topic's typed fields, in one JSON object per text, decoded under a grammar so it
 construction.
 
 Per topic (`LLMTask`), compiled once at start-up: a JSON Schema (label enum = the topic's labels,
-entity type enum, the fields' schema from their Avro record), its xgrammar grammar, and a chat
+entity type enum, the fields' JSON Schema as the task gives it), its xgrammar grammar, and a chat
 prompt (instructions + few-shot examples). Per micro-batch: prompts sorted by length, cut into
 passes of at most `max_batch` rows and `max_tokens` (prompt + new) tokens, left-padded, greedy.
 
@@ -106,7 +106,9 @@ class LLMTask:
     name: str
     labels: LabelSet | None = None
     entity_types: tuple[str, ...] | None = None
-    fields: dict | None = None  # the Avro record of the topic's typed fields
+    # The JSON Schema (an object) of the topic's typed fields: its properties in the order the
+    # model writes them, each one's `description` what the prompt says of it.
+    fields: dict | None = None
 
     @property
     def empty(self) -> bool:
@@ -143,9 +145,8 @@ class _Prepared:
 def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
     """The JSON Schema of one output: label first (its tokens are scored), then entities, then
     the typed fields, in that order (xgrammar keeps the properties' order). Free-text strings
-    (entity texts, string fields) are capped at `max_string_chars`."""
-    from ..serde.fields import json_schema
-
+    (entity texts, string fields without a `maxLength` of their own) are capped at
+    `max_string_chars`."""
     props: dict = {}
     if task.labels is not None:
         props["label"] = {"type": "string", "enum": task.labels.labels}
@@ -156,8 +157,25 @@ def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
                                                       **({"maxLength": max_string_chars} if max_string_chars else {})}},
             "required": ["type", "text"], "additionalProperties": False}}
     if task.fields is not None:
-        props["fields"] = _bounded_numbers(json_schema(task.fields, max_string_chars))
+        props["fields"] = _bounded_numbers(_capped_strings(task.fields, max_string_chars))
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _capped_strings(schema, max_chars: int | None):
+    """Every free-text string (no `enum`, no `maxLength`) gets `"maxLength": max_chars`, so a
+    model that rambles is made to close the string instead of running into the token cap."""
+    if not max_chars:
+        return schema
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: _capped_strings(s, max_chars) for name, s in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _capped_strings(out["items"], max_chars)
+    if "anyOf" in out:
+        out["anyOf"] = [_capped_strings(s, max_chars) for s in out["anyOf"]]
+    if out.get("type") == "string" and "enum" not in out:
+        out.setdefault("maxLength", max_chars)
+    return out
 
 
 def _bounded_numbers(schema):
@@ -208,7 +226,7 @@ def load_examples(task: LLMTask, directory: Path = EXAMPLES_DIR) -> list[tuple[s
     path = directory / f"{task.name}.jsonl"
     if not path.is_file():
         return []
-    wanted_fields = [f["name"] for f in task.fields["fields"]] if task.fields else None
+    wanted_fields = list(task.fields["properties"]) if task.fields else None
     examples = []
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -230,8 +248,6 @@ def load_examples(task: LLMTask, directory: Path = EXAMPLES_DIR) -> list[tuple[s
 
 
 def instructions(task: LLMTask) -> str:
-    from ..serde.fields import field_docs
-
     lines = [f"You read one message from the {task.name} stream and reply with one JSON object, "
              "nothing else."]
     if task.labels is not None:
@@ -242,7 +258,8 @@ def instructions(task: LLMTask) -> str:
                      "the text copied exactly as written; types: " + ", ".join(task.entity_types) + ".")
     if task.fields is not None:
         lines.append('"fields":')
-        lines += [f"- {name}: {doc}" for name, doc in field_docs(task.fields)]
+        lines += [f"- {name}: {schema.get('description', '')}"
+                  for name, schema in task.fields["properties"].items()]
     return "\n".join(lines)
 
 

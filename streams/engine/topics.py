@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from .protocol import Engine
 from .types import Classification, Inference, LabelSet, ModelInfo
+
+if TYPE_CHECKING:
+    from .llm import LLMEngine
 
 NO_CLASSIFICATION = Classification("none", 1.0, {"none": 1.0})
 
@@ -19,7 +23,7 @@ class TopicPlan:
     labels: LabelSet
     entities_from: str  # "encoder" | "llm"
     label_from: str  # "encoder" | "llm"
-    fields: dict | None  # Avro record of the typed fields (from the LLM), or None
+    fields: dict | None  # JSON Schema of the typed fields (from the LLM), or None
 
     @property
     def uses_encoder(self) -> bool:
@@ -36,15 +40,18 @@ class TopicEngines:
     token cap, say), which the pipeline dead-letters with that exception's `reason`. An
     exception raised instead concerns the whole batch (Runtime.infer splits and retries)."""
 
-    by_topic = True
-
-    def __init__(self, plans: dict[str, TopicPlan], encoder=None, llm=None):
+    def __init__(self, plans: dict[str, TopicPlan], encoder: Engine | None = None,
+                 llm: LLMEngine | None = None):
         self.plans = plans
         self.encoder = encoder
         self.llm = llm
-        self.device = llm.device if llm is not None else getattr(encoder, "device", "none")
-        self.load_seconds = (getattr(encoder, "load_seconds", 0.0) or 0.0) + \
+        self.device = llm.device if llm is not None else encoder.device if encoder is not None else "none"
+        self.load_seconds = (encoder.load_seconds if encoder is not None else 0.0) + \
             (llm.load_seconds if llm is not None else 0.0)
+
+    @property
+    def runs_models(self) -> bool:
+        return self.llm is not None or (self.encoder is not None and self.encoder.runs_models)
 
     @property
     def models(self) -> list[ModelInfo]:
@@ -84,7 +91,7 @@ class TopicEngines:
 
     def warm_up(self) -> float:
         started = time.perf_counter()
-        if self.encoder is not None and hasattr(self.encoder, "warm_up"):
+        if self.encoder is not None:
             self.encoder.warm_up()
         if self.llm is not None:
             self.llm.warm_up()
@@ -92,11 +99,11 @@ class TopicEngines:
         self.load_seconds += seconds
         return seconds
 
-    def infer(self, texts: Sequence[str], labels: LabelSet | None, topic: str) -> list:
+    def infer(self, texts: Sequence[str], labels: LabelSet | None, topic: str | None = None) -> list:
         if not texts:
             return []
         plan = self.plans[topic]
-        encoded = self.encoder.infer(texts, labels) if plan.uses_encoder else None
+        encoded = self.encoder.infer(texts, labels, topic) if plan.uses_encoder else None
         generated = self.llm.generate(texts, topic) if plan.uses_llm else None
         out: list = []
         for i in range(len(texts)):
@@ -112,5 +119,5 @@ class TopicEngines:
         return out
 
     def close(self) -> None:
-        if self.encoder is not None and hasattr(self.encoder, "close"):
+        if self.encoder is not None:
             self.encoder.close()

@@ -1,6 +1,7 @@
 """Per-topic typed fields: an Avro record in `schemas/fields/<name>.avsc`, and the JSON Schema
 the LLM engine decodes under, derived from it, so every generated value is valid Avro by
-construction (enums to their symbols, `["null", T]` to a nullable T)."""
+construction (enums to their symbols, `["null", T]` to a nullable T). The engine is handed the
+JSON Schema (`field_schema`) and knows nothing of Avro."""
 
 from __future__ import annotations
 
@@ -31,13 +32,27 @@ def load_field_record(schema_dir: Path, name: str) -> dict:
     return record
 
 
-def json_schema(avro_record: dict, max_string_chars: int | None = None) -> dict:
+def load_field_schema(schema_dir: Path, name: str) -> dict:
+    """The JSON Schema the LLM engine is given for the field record `schemas/fields/<name>.avsc`."""
+    return field_schema(load_field_record(schema_dir, name))
+
+
+def field_schema(avro_record: dict) -> dict:
+    """What the LLM engine is given for a topic's typed fields: `json_schema(avro_record)` with
+    each property's description the line the prompt says of the field (`field_docs`)."""
+    schema = json_schema(avro_record)
+    docs = dict(field_docs(avro_record))
+    schema["properties"] = {name: {**prop, "description": docs[name]}
+                            for name, prop in schema["properties"].items()}
+    return schema
+
+
+def json_schema(avro_record: dict) -> dict:
     """The JSON Schema of an Avro record's values: an object with every field required (a
     nullable field is present with null), no extra properties, properties in the record's
-    field order (the order the LLM writes them in). Free-text strings get a `maxLength`: a
-    field's own `"maxLength"` attribute, else `max_string_chars` (None: no cap), so a model that
-    rambles is made to close the string instead of running into the token cap."""
-    return _type(avro_record, avro_record.get("name", "record"), max_string_chars)
+    field order (the order the LLM writes them in). A field's own `"maxLength"` attribute caps
+    its free-text strings (the engine caps the others at its own default)."""
+    return _type(avro_record, avro_record.get("name", "record"))
 
 
 def _type(avro, where: str, max_chars: int | None = None) -> dict:

@@ -5,7 +5,8 @@
 
 `trace_id`/`span_id` appear when a span is current where the record was logged (they match
 the ids the OTLP exporter sends). Extra fields given with `log.info(..., extra={...})` are
-added as keys. `STREAMS_LOG_FORMAT=text` (or `fmt="text"`) switches to plain lines.
+added as keys. `fmt="text"` switches to plain lines (the worker passes its settings'
+`log_format`, STREAMS_LOG_FORMAT; nothing here reads the environment).
 
 Wiring: `configure_logging(level)` for a plain process, or `logging_config(level)` as Faust's
 `logging_config` app setting (mode passes it to `logging.config.dictConfig`)."""
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
-import os
 from datetime import datetime, timezone
 
 from opentelemetry import trace
@@ -30,8 +30,8 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 def log_format(fmt: str | None = None) -> str:
-    """`fmt`, else STREAMS_LOG_FORMAT, else json."""
-    chosen = (fmt or os.environ.get("STREAMS_LOG_FORMAT") or "json").strip().lower()
+    """`fmt` (the settings' `log_format`), else json."""
+    chosen = (fmt or "json").strip().lower()
     if chosen not in FORMATS:
         raise ValueError(f"log format {chosen!r}: use json or text")
     return chosen

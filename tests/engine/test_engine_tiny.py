@@ -1,5 +1,5 @@
-"""Engine end to end on tiny random models: shapes, offsets, long texts, batching invariance,
-and the start-up errors a wrong model or device gives."""
+"""The encoder engine end to end on tiny random models: shapes, offsets, long texts, batching
+invariance, and the start-up errors a wrong model or device gives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from streams.engine import Engine, LabelSet, ModelLoadError
+from streams.engine import EncoderEngine, LabelSet, ModelLoadError
 from streams.engine.classify import SequenceClassifier, ZeroShotClassifier
 from streams.engine.loading import choose_device
 from tests.fixtures.tiny_models import WORDS
@@ -27,14 +27,14 @@ def long_text(words: int = 3000, seed: int = 1) -> str:
 
 
 @pytest.fixture(scope="module")
-def zero_shot(tiny_models, tmp_path_factory) -> Engine:
-    return Engine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]),
+def zero_shot(tiny_models, tmp_path_factory) -> EncoderEngine:
+    return EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]),
                        cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
 
 
 @pytest.fixture(scope="module")
-def seqcls(tiny_models, tmp_path_factory) -> Engine:
-    return Engine.load(str(tiny_models["ner"]), str(tiny_models["seqcls"]),
+def seqcls(tiny_models, tmp_path_factory) -> EncoderEngine:
+    return EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["seqcls"]),
                        cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
 
 
@@ -103,7 +103,7 @@ def test_batching_does_not_change_results(engine_name, request):
 
 
 def test_small_token_cap_gives_same_results(tiny_models, tmp_path, zero_shot):
-    capped = Engine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
+    capped = EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
                          device="cpu", max_batch=3, max_tokens=128)
     texts = SHORT + [long_text(300)]
     for a, b in zip(capped.infer(texts, LABELS), zero_shot.infer(texts, LABELS)):
@@ -120,14 +120,14 @@ def test_model_names_and_versions(zero_shot, tiny_models):
 
 
 def test_model_version_override(tiny_models, tmp_path):
-    engine = Engine.load(str(tiny_models["ner"]), str(tiny_models["seqcls"]), cache_dir=tmp_path,
+    engine = EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["seqcls"]), cache_dir=tmp_path,
                          model_version="release-7")
     assert [m.version for m in engine.models] == ["release-7", "release-7"]
 
 
 def test_missing_model_directory(tiny_models, tmp_path):
     with pytest.raises(ModelLoadError, match="config.json"):
-        Engine.load(str(tmp_path / "nowhere"), str(tiny_models["encoder"]), cache_dir=tmp_path)
+        EncoderEngine.load(str(tmp_path / "nowhere"), str(tiny_models["encoder"]), cache_dir=tmp_path)
 
 
 def test_directory_without_config(tiny_models, tmp_path):
@@ -135,14 +135,14 @@ def test_directory_without_config(tiny_models, tmp_path):
     shutil.copytree(tiny_models["encoder"], broken)
     (broken / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="config.json"):
-        Engine.load(str(tiny_models["ner"]), str(broken), cache_dir=tmp_path)
+        EncoderEngine.load(str(tiny_models["ner"]), str(broken), cache_dir=tmp_path)
 
 
 def test_wrong_architecture(tiny_models, tmp_path):
     with pytest.raises(ModelLoadError, match="token-classification"):
-        Engine.load(str(tiny_models["seqcls"]), str(tiny_models["encoder"]), cache_dir=tmp_path)
+        EncoderEngine.load(str(tiny_models["seqcls"]), str(tiny_models["encoder"]), cache_dir=tmp_path)
     with pytest.raises(ModelLoadError, match="ForTokenClassification"):
-        Engine.load(str(tiny_models["ner"]), str(tiny_models["ner"]), cache_dir=tmp_path)
+        EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["ner"]), cache_dir=tmp_path)
 
 
 def test_choose_device(monkeypatch):

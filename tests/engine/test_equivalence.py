@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
-from streams.bench import sample_texts
-from streams.engine import Engine, Entity, LabelSet
+from streams.engine import EncoderEngine, Entity, LabelSet
 from streams.engine.ner import merge_adjacent
+from streams.samples import texts as sample_texts
 from streams.settings import SUPPORT_TICKET_LABELS
 
 pytestmark = pytest.mark.models
 
 @pytest.fixture(scope="module")
-def engine(model_cache) -> Engine:
-    return Engine.load(cache_dir=model_cache, device="cpu", max_batch=8)
+def engine(model_cache) -> EncoderEngine:
+    return EncoderEngine.load(cache_dir=model_cache, device="cpu", max_batch=8)
 
 
 @pytest.fixture(scope="module")

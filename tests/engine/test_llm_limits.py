@@ -16,7 +16,8 @@ from streams.engine import LabelSet, NoopEngine
 from streams.engine.llm import (NUMBER_LIMIT, LLMEngine, LLMOutputError, LLMResult, LLMTask, LLMTooLong,
                                 ModelLoadError)
 from streams.engine.topics import TopicEngines, TopicPlan
-from tests.fixtures.tiny_llm import TINY_FIELDS, build_tiny_llm
+from streams.serde.fields import field_schema
+from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, build_tiny_llm
 
 LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel", "praise": "thanks"})
 TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.", "My parcel has not arrived.",
@@ -42,7 +43,7 @@ def one_thread():
 def engine(tiny_dir, **options) -> LLMEngine:
     llm = LLMEngine.load(str(tiny_dir), cache_dir=tiny_dir.parent / "cache", device="cpu", dtype="float32",
                          **({"max_new_tokens": 48, "retry_max_new_tokens": 64} | options))
-    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELDS))
+    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELD_SCHEMA))
     return llm
 
 
@@ -103,7 +104,7 @@ def test_too_long_is_a_dead_letter_reason_with_no_probe(tiny_dir, monkeypatch):
     """Through Runtime.infer: a per-event failure with its own reason, the batch's other events
     enriched, and no probe text run (the engine is fine)."""
     from streams.errors import ERROR_TABLE
-    from streams.pipeline import InferenceFailure, Runtime
+    from streams.runtime import InferenceFailure, Runtime
 
     capped = engine(tiny_dir, max_input_tokens=24)
     runtime = Runtime.__new__(Runtime)
@@ -130,7 +131,7 @@ def test_the_prompt_must_fit_the_models_context(tiny_dir):
 @pytest.fixture(scope="module")
 def amounts(tiny_dir):
     llm = engine(tiny_dir, max_new_tokens=64, retry_max_new_tokens=96)
-    llm.add_task(LLMTask("amounts", None, None, AMOUNTS))
+    llm.add_task(LLMTask("amounts", None, None, field_schema(AMOUNTS)))
     return llm
 
 
@@ -196,7 +197,7 @@ def test_the_cap_follows_the_measured_rate(llm):
 
 
 def test_runtime_max_events_for_each_source(llm):
-    from streams.pipeline import Runtime
+    from streams.runtime import Runtime
     from streams.settings import Settings, TopicRoute
 
     labels = {"billing": "a charge", "delivery": "a parcel", "praise": "thanks"}
@@ -217,6 +218,26 @@ def test_runtime_max_events_for_each_source(llm):
     assert runtime.max_events_for("tickets") == 256  # never above max_batch
     runtime.engine = NoopEngine()
     assert runtime.max_events_for("tickets") is None and runtime.max_events() is None
+
+
+# ---- free text is capped ----------------------------------------------------------------------------
+
+def test_free_text_strings_get_the_engines_cap_unless_the_schema_sets_one():
+    from streams.engine.llm import output_schema
+
+    record = {"type": "record", "name": "R", "fields": [
+        {"name": "summary", "type": "string"},
+        {"name": "code", "type": ["null", "string"], "maxLength": 12},
+        {"name": "kind", "type": {"type": "enum", "name": "K", "symbols": ["a", "b"]}},
+        {"name": "tags", "type": {"type": "array", "items": "string"}}]}
+    task = LLMTask("t", None, ("EMAIL",), field_schema(record))
+    schema = output_schema(task, max_string_chars=200)["properties"]
+    props = schema["fields"]["properties"]
+    assert props["summary"]["maxLength"] == 200 and props["tags"]["items"]["maxLength"] == 200
+    assert props["code"]["anyOf"][0]["maxLength"] == 12  # the field's own
+    assert "maxLength" not in props["kind"]  # an enum is bounded already
+    assert schema["entities"]["items"]["properties"]["text"]["maxLength"] == 200
+    assert "maxLength" not in output_schema(task)["properties"]["fields"]["properties"]["summary"]
 
 
 # ---- liveness: slow and progressing is alive, stuck is not -----------------------------------------

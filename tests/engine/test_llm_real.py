@@ -8,21 +8,20 @@ until the token cap (those outputs are dead-lettered as llm_truncated, tested on
 
 from __future__ import annotations
 
-import json
 import math
 
 import fastavro
 import pytest
 
+from streams import samples
 from streams.engine import LabelSet
 from streams.engine.llm import RAMPART_ENTITY_TYPES, LLMEngine, LLMResult, LLMTask
-from streams.serde.fields import load_field_record
+from streams.serde.fields import field_schema, load_field_record
 from streams.settings import REPO_ROOT, SUPPORT_TICKET_LABELS
 
 pytestmark = pytest.mark.models
 
-ROWS = [json.loads(line) for line in (REPO_ROOT / "streams" / "samples" / "samples.jsonl").read_text().splitlines()]
-TICKETS = [r["text"] for r in ROWS if r["topic"] == "support.tickets"]
+TICKETS = [r["text"] for r in samples.events("support.tickets")]
 FIELDS = load_field_record(REPO_ROOT / "schemas", "SupportTicketFields")
 
 
@@ -31,7 +30,8 @@ def llm(model_cache) -> LLMEngine:
     engine = LLMEngine.load(cache_dir=model_cache, device="cpu", dtype="float32", max_batch=12,
                             max_new_tokens=96, retry_max_new_tokens=192)
     engine.add_task(LLMTask("support.tickets", LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None, None))
-    engine.add_task(LLMTask("tickets.fields", LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None, FIELDS))
+    engine.add_task(LLMTask("tickets.fields", LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None,
+                            field_schema(FIELDS)))
     return engine
 
 

@@ -14,7 +14,7 @@ import torch
 from streams.engine import LabelSet, NoopEngine
 from streams.engine.llm import LLMEngine, LLMResult, LLMTask, LLMTruncated
 from streams.engine.topics import TopicEngines, TopicPlan
-from tests.fixtures.tiny_llm import TINY_FIELDS, build_tiny_llm
+from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_FIELDS, build_tiny_llm
 
 LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel", "praise": "thanks"})
 TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.",
@@ -39,7 +39,7 @@ def one_thread():
 def engine(tiny_dir, tmp_path_factory=None, **options) -> LLMEngine:
     llm = LLMEngine.load(str(tiny_dir), cache_dir=tiny_dir.parent / "cache", device="cpu",
                          dtype="float32", **({"max_new_tokens": 48, "retry_max_new_tokens": 64} | options))
-    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELDS))
+    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELD_SCHEMA))
     return llm
 
 
@@ -146,7 +146,7 @@ def test_entities_from_the_llm_are_counted_when_dropped(tiny_dir):
 
 
 def test_topic_engines_mix_encoder_and_llm(llm):
-    plans = {"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", TINY_FIELDS),
+    plans = {"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", TINY_FIELD_SCHEMA),
              "notes": TopicPlan("notes", LABELS, "encoder", "encoder", None)}
     engines = TopicEngines(plans, NoopEngine(), llm)
     [a] = engines.infer(["My parcel has not arrived."], LABELS, "tickets")
@@ -162,8 +162,9 @@ def test_topic_engines_mix_encoder_and_llm(llm):
 def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkeypatch):
     """The one pipeline: a text the LLM could not finish becomes a dead letter with reason
     llm_truncated; the other events of its batch are enriched."""
-    from streams import pipeline
+    from streams.pipeline import enrich_records
     from streams.records import InRecord
+    from streams.runtime import Runtime
     from streams.serde import SchemaCatalog
     from streams.settings import Settings, TopicRoute
     from streams.telemetry import Telemetry
@@ -195,18 +196,14 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
     engines = TopicEngines({"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", None)},
                            NoopEngine(), llm)
     class NoProducer:  # enrich_records only sizes records (or not); nothing is produced here
-        def __init__(self, config, **options):
-            pass
-
         def fits(self, record) -> bool:
             return True
 
-    monkeypatch.setattr(pipeline, "AckingProducer", NoProducer)
-    runtime = pipeline.Runtime(settings, engines, catalog, telemetry=Telemetry.disabled())
+    runtime = Runtime(settings, engines, catalog, NoProducer(), telemetry=Telemetry.disabled())
     records = [InRecord("tickets", 0, i, 1_700_000_000_000, b"k",
                         ('{"event_id": "e%d", "text": "%s"}' % (i, t)).encode())
                for i, t in enumerate(["Thanks!", "LONG", "My parcel has not arrived."])]
-    result = pipeline.enrich_records(runtime, route, records)
+    result = enrich_records(runtime, route, records)
     assert (result.enriched, result.dead) == (2, 1)
     [dead] = [o for o in result.out if o.topic == route.dlq]
     headers = dict(dead.headers)
@@ -216,19 +213,19 @@ def test_truncated_output_is_dead_lettered_through_the_pipeline(tiny_dir, monkey
 
 
 def test_runtime_loads_only_the_engines_the_topics_use(llm, tiny_dir, monkeypatch, tmp_path):
-    from streams import engine as engine_package, pipeline
+    from streams import engine as engine_package, runtime
     from streams.settings import Settings, TopicRoute
     from tests.fixtures.tiny_llm import write_tiny_field_record
 
     loaded = []
-    monkeypatch.setattr(engine_package.Engine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
-    monkeypatch.setattr(pipeline, "load_llm", lambda s, t=None: loaded.append("llm") or engine(tiny_dir))
+    monkeypatch.setattr(engine_package.EncoderEngine, "load", lambda *a, **k: loaded.append("encoder") or NoopEngine())
+    monkeypatch.setattr(runtime, "load_llm", lambda s, t=None: loaded.append("llm") or engine(tiny_dir))
     write_tiny_field_record(tmp_path)
     labels = {"billing": "a charge", "delivery": "a parcel"}
 
     def load(*routes):
         loaded.clear()
-        return pipeline.load_engines(Settings(topics=list(routes), schema_dir=tmp_path))
+        return runtime.load_engines(Settings(topics=list(routes), schema_dir=tmp_path))
 
     plain = load(TopicRoute(input="a", labels=labels))
     assert loaded == ["encoder"] and isinstance(plain, NoopEngine)  # as before: no LLM loaded
@@ -239,4 +236,4 @@ def test_runtime_loads_only_the_engines_the_topics_use(llm, tiny_dir, monkeypatc
                  TopicRoute(input="b", labels=labels))
     assert loaded == ["encoder", "llm"] and "a" in mixed.llm.tasks and "b" not in mixed.llm.tasks
     assert mixed.llm.tasks["a"].task.entity_types is None  # entities stay on the encoder
-    assert mixed.llm.tasks["a"].task.fields["name"] == "TinyFields"
+    assert mixed.llm.tasks["a"].task.fields == TINY_FIELD_SCHEMA  # the record's JSON Schema

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from streams.engine import Engine, LabelSet
+from streams.engine import EncoderEngine, LabelSet
 from streams.engine import classify as classify_module
 from streams.engine.batching import Window, forward_batches, largest_shapes, length_batches, pad
 from tests.engine.test_engine_tiny import LABELS, SHORT, long_text
@@ -20,8 +20,8 @@ MIXED = [SHORT[0], long_text(400, seed=5), SHORT[1], long_text(40, seed=6), SHOR
          long_text(150, seed=7), "gift wrap please", long_text(25, seed=8), "hello", long_text(90, seed=9)]
 
 
-def load(tiny_models, tmp_path, classifier: str = "encoder", **kwargs) -> Engine:
-    return Engine.load(str(tiny_models["ner"]), str(tiny_models[classifier]), cache_dir=tmp_path,
+def load(tiny_models, tmp_path, classifier: str = "encoder", **kwargs) -> EncoderEngine:
+    return EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models[classifier]), cache_dir=tmp_path,
                        device="cpu", **kwargs)
 
 

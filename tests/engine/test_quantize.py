@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streams.bench import agreement
-from streams.engine import Classification, Engine, Entity, Inference, ModelLoadError
+from bench.encoder import agreement
+from streams.engine import Classification, EncoderEngine, Entity, Inference, ModelLoadError
 from tests.engine.test_engine_tiny import LABELS, SHORT, check, long_text
 
 
 def test_int8_replaces_linear_layers_and_marks_the_version(tiny_models, tmp_path):
-    full = Engine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path, device="cpu")
-    int8 = Engine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
+    full = EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path, device="cpu")
+    int8 = EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
                        device="cpu", quantize="int8")
     dynamic_linear = torch.ao.nn.quantized.dynamic.Linear
     for model in (int8.extractor.model, int8.classifier.model):
@@ -29,7 +29,7 @@ def test_int8_replaces_linear_layers_and_marks_the_version(tiny_models, tmp_path
 
 def test_unknown_quantization_is_refused(tiny_models, tmp_path):
     with pytest.raises(ModelLoadError, match="none or int8"):
-        Engine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
+        EncoderEngine.load(str(tiny_models["ner"]), str(tiny_models["encoder"]), cache_dir=tmp_path,
                     device="cpu", quantize="int4")
 
 

@@ -3,28 +3,26 @@ person reading the text expects to come out."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from streams.engine import Engine, LabelSet
+from streams import samples
+from streams.engine import EncoderEngine, LabelSet
 from streams.engine.rampart import ensure_rampart_checkpoint, rampart_source_dir
-from streams.settings import ORDER_NOTE_LABELS, REPO_ROOT, SUPPORT_TICKET_LABELS
+from streams.settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS
 
 pytestmark = pytest.mark.models
 
 TICKETS = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
 NOTES = LabelSet.from_mapping(ORDER_NOTE_LABELS)
-SAMPLES = {row["event_id"]: row["text"] for row in map(
-    json.loads, (REPO_ROOT / "streams" / "samples" / "samples.jsonl").read_text().splitlines())}
+SAMPLES = {row["event_id"]: row["text"] for row in samples.events()}
 
 
 @pytest.fixture(scope="module")
-def engine(model_cache) -> Engine:
-    return Engine.load(cache_dir=model_cache, device="cpu")
+def engine(model_cache) -> EncoderEngine:
+    return EncoderEngine.load(cache_dir=model_cache, device="cpu")
 
 
-def run(engine: Engine, event_id: str, labels: LabelSet):
+def run(engine: EncoderEngine, event_id: str, labels: LabelSet):
     text = SAMPLES[event_id]
     [result] = engine.infer([text], labels)
     for e in result.entities:

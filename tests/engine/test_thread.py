@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from streams import pipeline
 from streams.engine import Inference, NoopEngine
 from streams.engine.thread import InferenceThread, inference_thread
+from streams.runtime import Runtime
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
@@ -42,18 +42,18 @@ class ThreadRecordingEngine(NoopEngine):
         self.seen.append(("warm_up", threading.current_thread()))
         return 0.0
 
-    def infer(self, texts, labels) -> list[Inference]:
+    def infer(self, texts, labels, topic=None) -> list[Inference]:
         self.seen.append(("infer", threading.current_thread()))
-        return super().infer(texts, labels)
+        return super().infer(texts, labels, topic)
 
 
-def test_the_runtime_loads_warms_and_infers_on_the_inference_thread(monkeypatch):
+def test_the_runtime_loads_warms_and_infers_on_the_inference_thread():
     seen: list = []
-    monkeypatch.setattr(pipeline, "load_engines", lambda settings, telemetry=None: ThreadRecordingEngine(seen))
     settings = Settings()
     catalog = SchemaCatalog(f"mock://thread-{uuid.uuid4().hex}", settings.schema_dir,
                             [r.input for r in settings.topics], [r.output for r in settings.topics])
-    runtime = pipeline.Runtime(settings, NoopEngine(), catalog, telemetry=Telemetry.disabled())
+    runtime = Runtime(settings, NoopEngine(), catalog, producer=None, telemetry=Telemetry.disabled(),
+                      engine_factory=lambda settings, telemetry: ThreadRecordingEngine(seen))
     runtime.reload_engine()  # from this (the main) thread
     labels = runtime.labels[settings.topics[0].input]
     runtime.infer(["hello"], labels)

@@ -20,7 +20,7 @@ from confluent_kafka import TopicPartition
 
 from streams.broker import free_port
 from streams.kafka import consumer
-from streams.worker import EXIT_FATAL
+from streams.source.base import EXIT_FATAL
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, json_events, produce_recorded
 from tests.fixtures.registry_server import FakeRegistry  # noqa: F401 - fixture below
 from tests.integration.test_dependencies import avro_events, registry  # noqa: F401 - fixture

@@ -24,7 +24,7 @@ from confluent_kafka import TopicPartition
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import consumer
 from streams.serde import SchemaCatalog
-from streams.worker import EXIT_FATAL
+from streams.source.base import EXIT_FATAL
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, json_events, produce_recorded
 from tests.fixtures.registry_server import FakeRegistry
 

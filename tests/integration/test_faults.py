@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import consumer, ensure_topics
-from streams.worker import EXIT_FATAL
+from streams.source.base import EXIT_FATAL
 from tests.fixtures.fault_proxy import INVALID_RECORD, MESSAGE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, FaultyBroker
 from tests.fixtures.kafka_io import Collected, Scenario, WorkerProcess, collect, json_events, produce_recorded
 

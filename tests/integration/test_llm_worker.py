@@ -10,14 +10,14 @@ import re
 import fastavro
 import pytest
 
+from streams import samples
 from streams.serde.fields import load_field_record
 from streams.settings import REPO_ROOT, SUPPORT_TICKET_LABELS, Settings
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
-TICKETS = [r for r in map(json.loads, (REPO_ROOT / "streams" / "samples" / "samples.jsonl")
-                          .read_text().splitlines()) if r["topic"] == "support.tickets"][:3]
+TICKETS = samples.events("support.tickets")[:3]
 
 
 @pytest.fixture

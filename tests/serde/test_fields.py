@@ -8,7 +8,8 @@ import json
 import fastavro
 import pytest
 
-from streams.serde.fields import FieldSchemaError, field_docs, json_schema, load_field_record
+from streams.serde.fields import (FieldSchemaError, field_docs, field_schema, json_schema, load_field_record,
+                                  load_field_schema)
 from streams.settings import REPO_ROOT
 
 RECORD = {"type": "record", "name": "R", "fields": [
@@ -62,13 +63,23 @@ def test_missing_or_wrong_file(tmp_path):
         load_field_record(tmp_path, "E")
 
 
-def test_free_text_strings_get_a_length_cap_and_a_field_may_set_its_own():
+def test_a_field_may_set_its_own_length_cap():
+    """The others are capped by the LLM engine (tests/engine/test_llm_limits.py)."""
     record = {"type": "record", "name": "R", "fields": [
         {"name": "summary", "type": "string"},
         {"name": "code", "type": ["null", "string"], "maxLength": 12},
         {"name": "kind", "type": {"type": "enum", "name": "K", "symbols": ["a", "b"]}}]}
-    props = json_schema(record, max_string_chars=200)["properties"]
-    assert props["summary"]["maxLength"] == 200
+    props = json_schema(record)["properties"]
     assert props["code"]["anyOf"][0]["maxLength"] == 12
-    assert "maxLength" not in props["kind"]  # an enum is bounded already
-    assert "maxLength" not in json_schema(record)["properties"]["summary"]
+    assert "maxLength" not in props["summary"] and "maxLength" not in props["kind"]
+
+
+def test_the_llm_is_given_the_json_schema_with_the_prompts_field_lines():
+    record = load_field_record(REPO_ROOT / "schemas", "SupportTicketFields")
+    schema = load_field_schema(REPO_ROOT / "schemas", "SupportTicketFields")
+    assert schema == field_schema(record)
+    docs = dict(field_docs(record))
+    assert {name: p["description"] for name, p in schema["properties"].items()} == docs
+    strip = {name: {k: v for k, v in p.items() if k != "description"} for name, p in schema["properties"].items()}
+    assert strip == {name: {k: v for k, v in p.items() if k != "description"}
+                     for name, p in json_schema(record)["properties"].items()}

@@ -1,5 +1,5 @@
-"""A Runtime with no broker (its producer replaced by a stand-in: enrich_records never sends,
-and a real librdkafka producer would log connection errors all through the run), the no-op
+"""A Runtime with no broker (its producer a stand-in: enrich_records never sends, and a real
+librdkafka producer would log connection errors all through the run), the no-op
 engine that fails on cue, and telemetry objects with in-memory span exporters and metric
 readers, injected per test (the OTel global providers are never touched)."""
 
@@ -16,10 +16,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from streams import pipeline
 from streams.engine import LabelSet, NoopEngine
-from streams.pipeline import Runtime
 from streams.records import InRecord
+from streams.runtime import Runtime
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
@@ -32,10 +31,10 @@ GROUP = "test-group"
 class PoisonableEngine(NoopEngine):
     """The no-op engine, except that any batch holding a poisoned text raises."""
 
-    def infer(self, texts: Sequence[str], labels: LabelSet | None):
+    def infer(self, texts: Sequence[str], labels: LabelSet | None, topic: str | None = None):
         if any(POISON in t for t in texts):
             raise RuntimeError("cannot infer this batch")
-        return super().infer(texts, labels)
+        return super().infer(texts, labels, topic)
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +46,7 @@ def settings() -> Settings:
 class NoProducer:
     retrying = None
 
-    def __init__(self, config: dict, *, max_message_bytes: int = 1_000_000, max_backoff_s: float = 30.0):
-        self.config = config
+    def __init__(self, max_message_bytes: int = 1_000_000):
         self.max_message_bytes = max_message_bytes
 
     def fits(self, record) -> bool:
@@ -59,9 +57,7 @@ class NoProducer:
 def base_runtime(settings) -> Runtime:
     catalog = SchemaCatalog.from_settings(settings)
     catalog.ensure_registered()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "AckingProducer", NoProducer)
-        return Runtime(settings, PoisonableEngine(), catalog, telemetry=Telemetry.disabled(GROUP))
+    return Runtime(settings, PoisonableEngine(), catalog, NoProducer(), telemetry=Telemetry.disabled(GROUP))
 
 
 @dataclass

@@ -262,18 +262,17 @@ def test_prometheus_exporter_serves_its_own_port(clean_env):
 
 
 def test_runtime_defaults_to_the_process_telemetry(clean_env, settings, monkeypatch):
-    from streams import pipeline
     from streams.engine import NoopEngine
+    from streams.runtime import Runtime
     from streams.serde import SchemaCatalog
     from streams.telemetry import core
 
     from .conftest import NoProducer
 
     monkeypatch.setattr(core, "_default", None)  # as in a fresh process
-    monkeypatch.setattr(pipeline, "AckingProducer", NoProducer)
     catalog = SchemaCatalog.from_settings(settings)
-    first = pipeline.Runtime(settings, NoopEngine(), catalog)  # the existing callers' signature
-    second = pipeline.Runtime(settings, NoopEngine(), catalog)
+    first = Runtime(settings, NoopEngine(), catalog, NoProducer())  # no telemetry passed
+    second = Runtime(settings, NoopEngine(), catalog, NoProducer())
     assert first.telemetry is second.telemetry is core.default_telemetry()
     assert not first.telemetry.tracing_enabled and first.telemetry.group == settings.app_id
     result = enrich_records(first, settings.route(TOPIC), [record(1, event("a"))])

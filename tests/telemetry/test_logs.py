@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from streams.pipeline import enrich_records
+from streams.settings import Settings
 from streams.telemetry import (JsonFormatter, TraceContextFilter, configure_logging, log_format,
                                logging_config)
 
@@ -117,10 +118,13 @@ def test_configure_logging_json_by_default(restore_logging, tracer, capsys, monk
 
 
 def test_text_format_switch(restore_logging, capsys, monkeypatch):
+    """STREAMS_LOG_FORMAT reaches the logs through the settings, which the worker passes in."""
     monkeypatch.setenv("STREAMS_LOG_FORMAT", "text")
-    assert log_format() == "text"
-    assert log_format("json") == "json"  # a parameter wins
-    configure_logging(logging.INFO, stream="ext://sys.stdout")
+    fmt = Settings().log_format
+    assert log_format(fmt) == "text"
+    assert log_format("json") == "json"
+    assert log_format() == "json"  # the environment is read by the settings alone
+    configure_logging(logging.INFO, fmt, stream="ext://sys.stdout")
     logging.getLogger("streams.test").info("plain")
     (line,) = capsys.readouterr().out.splitlines()
     assert line.endswith("INFO    streams.test: plain")

@@ -8,8 +8,8 @@ import time
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from streams import pipeline
-from streams.pipeline import Runtime, enrich_records
+from streams.pipeline import enrich_records
+from streams.runtime import Runtime
 from streams.telemetry import Telemetry
 
 from .conftest import GROUP, POISON, TOPIC, NoProducer, event, record
@@ -122,11 +122,9 @@ def test_worker_loop_api(captured):
     assert (lag.value, lag.attributes[P]) == (40, "1")
 
 
-def test_runtime_load_records_the_model_load(settings, captured, monkeypatch):
-    monkeypatch.setattr(pipeline, "ensure_output_topics", lambda s: None)  # no broker here
-    monkeypatch.setattr(pipeline, "AckingProducer", NoProducer)
+def test_runtime_load_records_the_model_load(settings, captured):
     noop = settings.model_copy(update={"engine": "noop"})
-    runtime = Runtime.load(noop, telemetry=captured.telemetry)
+    runtime = Runtime.load(noop, telemetry=captured.telemetry, producer=NoProducer())  # no broker here
     assert runtime.telemetry is captured.telemetry
     (load,) = points(captured.metrics)["streams.model.load.duration"]
     assert load.value == 0.0

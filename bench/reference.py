@@ -5,30 +5,37 @@ NER with aggregation "first", all-MiniLM-L6-v2 mean-pooled and compared with the
 descriptions) -> produce one JSON result per event -> flush (acks=all) -> commit. At-least-once,
 like the worker. No bucketing, no micro-batching, no schemas: what a first version looks like.
 
-    STREAMS_KAFKA_BOOTSTRAP=... STREAMS_APP_ID=group python -m streams.bench_reference
+    STREAMS_KAFKA_BOOTSTRAP=... STREAMS_APP_ID=group python bench/reference.py
 
 Runs until killed. `streams bench` launches it as a subprocess and times it exactly like the
-worker: process launch to the first and to the last output read back."""
+worker: process launch to the first and to the last output read back. Its settings are the
+worker's (`Settings`): the bootstrap servers, the group (STREAMS_APP_ID; "reference" when
+unset), the session timeout and the model cache."""
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 from pathlib import Path
 
-import numpy as np
-from confluent_kafka import Consumer, Producer
-from transformers import pipeline
+if __name__ == "__main__" and not __package__:  # python bench/reference.py: the repository
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # root on the path, not bench/
 
-from streams.engine.loading import resolve_model
-from streams.settings import SUPPORT_TICKET_LABELS
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+from confluent_kafka import Consumer, Producer  # noqa: E402
+from transformers import pipeline  # noqa: E402
+
+from streams.engine.loading import resolve_model  # noqa: E402
+from streams.settings import SUPPORT_TICKET_LABELS, Settings  # noqa: E402
 
 TOPIC = "support.tickets"
 BATCH = 32
 
 
 def main() -> None:
-    cache = Path(os.environ.get("STREAMS_MODEL_CACHE", Path.home() / ".cache" / "streams" / "models"))
+    settings = Settings()
+    cache = settings.model_cache
     ner_dir, _ = resolve_model("rampart", "entities", cache)  # the worker's models, same files
     minilm_dir, _ = resolve_model("all-minilm-l6-v2", "classification", cache)
     ner = pipeline("token-classification", model=str(ner_dir), aggregation_strategy="first")
@@ -42,11 +49,11 @@ def main() -> None:
     labels = list(SUPPORT_TICKET_LABELS)
     label_vecs = vectors(list(SUPPORT_TICKET_LABELS.values()))
 
-    bootstrap = os.environ.get("STREAMS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    bootstrap = settings.kafka_bootstrap
     consumer = Consumer({"bootstrap.servers": bootstrap,
-                         "group.id": os.environ.get("STREAMS_APP_ID", "reference"),
+                         "group.id": settings.app_id if "app_id" in settings.model_fields_set else "reference",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": int(float(os.environ.get("STREAMS_KAFKA_SESSION_TIMEOUT_S", "10")) * 1000)})
+                         "session.timeout.ms": int(settings.kafka_session_timeout_s * 1000)})
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
     consumer.subscribe([TOPIC])
     while True:

@@ -1,4 +1,4 @@
-"""`streams bench --engine llm`: the LLM engine on the support-ticket samples, same texts and
+"""`streams bench --engine llm` (`python -m bench --engine llm`): the LLM engine on the support-ticket samples, same texts and
 model in one run (the task `streams demo --llm` runs: label and SupportTicketFields from the LLM).
 
 batched      the engine: one `generate` over all texts (up to `llm_batch` rows decoded together,
@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import SUPPORT_TICKET_LABELS, Settings
+from streams import samples
+from streams.settings import SUPPORT_TICKET_LABELS, Settings
 
 TOPIC = "support.tickets"
 TASK_TOPICS = [{"input": TOPIC, "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
@@ -26,23 +27,18 @@ TASK_TOPICS = [{"input": TOPIC, "labels": SUPPORT_TICKET_LABELS, "label_from": "
 
 
 def ticket_texts(n: int) -> list[str]:
-    from importlib import resources
-
-    rows = [json.loads(line) for line in resources.files("streams.samples").joinpath("samples.jsonl")
-            .read_text().splitlines() if line.strip()]
-    tickets = [r["text"] for r in rows if r["topic"] == TOPIC]
-    return [tickets[i % len(tickets)] for i in range(n)]
+    return samples.texts(n, TOPIC)
 
 
 def _engine(settings: Settings):
-    from .engine import LabelSet
-    from .engine.llm import LLMTask
-    from .pipeline import load_llm
-    from .serde.fields import load_field_record
+    from streams.engine import LabelSet
+    from streams.engine.llm import LLMTask
+    from streams.runtime import load_llm
+    from streams.serde.fields import load_field_schema
 
     llm = load_llm(settings)
     llm.add_task(LLMTask(TOPIC, LabelSet.from_mapping(SUPPORT_TICKET_LABELS), None,
-                         load_field_record(settings.schema_dir, "SupportTicketFields")))
+                         load_field_schema(settings.schema_dir, "SupportTicketFields")))
     llm.generate(ticket_texts(1), TOPIC)  # warm-up
     return llm
 
@@ -96,9 +92,9 @@ def bench_grammar(llm, texts: list[str], rounds: int = 2) -> dict:
 def bench_end_to_end(n: int, log_dir: Path) -> dict:
     """Events/s counting every outcome, like the engine rows: an output the cap cut off is
     dead-lettered (llm_truncated), so the DLQ is read too."""
-    from .bench import _worker_rig
+    from .stream import worker_rig
 
-    with _worker_rig(log_dir, "llm", STREAMS_TOPICS=json.dumps(TASK_TOPICS)) as rig:
+    with worker_rig(log_dir, "llm", STREAMS_TOPICS=json.dumps(TASK_TOPICS)) as rig:
         rig.reader.subscribe([f"{TOPIC}.enriched", f"{TOPIC}.dlq"])
         events = [(f"l{i}".encode(), json.dumps({"event_id": f"l{i}", "text": t}).encode())
                   for i, t in enumerate(ticket_texts(n))]

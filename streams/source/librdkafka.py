@@ -1,13 +1,14 @@
-"""Consume step: a librdkafka consumer of the input topics that hands out micro-batches and
-commits only what the caller says is finished.
+"""The librdkafka source (STREAMS_SOURCE=librdkafka): a librdkafka consumer of the input topics
+that hands out micro-batches, and the loop that runs them through the `BatchProcessor` in a
+thread and commits synchronously after delivery.
 
 A batch is what already waits locally (up to `max_batch` records), or, when nothing does, the
-first record to arrive and what follows it within `max_wait_s`. Offsets are never committed automatically:
-`commit(records)` commits, per partition, the offset after the last record of a batch whose
-outputs the broker has already acknowledged. Batches run one at a time, so every offset below
-a committed one is finished (at-least-once, no gaps). Faust's per-event stream spent ~280 µs of
-CPU per event here; this path spends a few µs, which is what lets one worker feed a GPU.
-"""
+first record to arrive and what follows it within `max_wait_s`. Offsets are never committed
+automatically: `commit(records)` commits, per partition, the offset after the last record of a
+batch whose outputs the broker has already acknowledged. Batches run one at a time, so every
+offset below a committed one is finished (at-least-once, no gaps). Faust's per-event stream
+spent ~280 µs of CPU per event here; this path spends a few µs, which is what lets one worker
+feed a GPU."""
 
 from __future__ import annotations
 
@@ -15,68 +16,18 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_INVALID, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from .errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
-from .kafka import ISOLATION, read_headers
-from .records import InRecord
-from .settings import Settings
+from ..errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
+from ..kafka import ISOLATION, to_record
+from ..records import InRecord
+from ..runtime import Runtime
+from ..settings import Settings
+from .base import BatchProcessor, BatchWindow, ConsumerState, exit_for
 
-log = logging.getLogger("streams.consume")
-
-
-@dataclass
-class ConsumerState:
-    """What health checks and metrics read; written by librdkafka's callbacks."""
-
-    joined: bool = False  # has been given an assignment since the last revoke
-    assigned: list[tuple[str, int]] = field(default_factory=list)
-    brokers_up: int | None = None  # from the last statistics report; None before the first
-    last_poll: float = field(default_factory=time.monotonic)
-    lag: dict[tuple[str, int], int] = field(default_factory=dict)  # consumer lag per partition
-    # Per partition: the next offset to process and when it last moved (the stall detector).
-    progress: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
-    # Per partition: since when records taken from it wait to be committed.
-    pending: dict[tuple[str, int], float] = field(default_factory=dict)
-    assigned_at: float = field(default_factory=time.monotonic)
-    # Why the worker is not processing right now (a dependency it waits for), or None.
-    degraded: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def taken(self, records: list[InRecord]) -> None:
-        """The loop took these records; they are pending until committed."""
-        now = time.monotonic()
-        with self.lock:
-            for rec in records:
-                self.pending.setdefault((rec.topic, rec.partition), now)
-
-    def advance(self, records: list[InRecord]) -> None:
-        """The loop finished (committed) these records."""
-        now = time.monotonic()
-        with self.lock:
-            for rec in records:
-                tp = (rec.topic, rec.partition)
-                self.progress[tp] = (rec.offset + 1, now)
-                self.pending.pop(tp, None)
-
-    def stalled(self, after_s: float) -> list[str]:
-        """Partitions that have not moved for `after_s` seconds while they have work: records
-        taken and not yet committed, or lag (from librdkafka's statistics, which only arrive
-        while the loop polls)."""
-        now = time.monotonic()
-        with self.lock:
-            lag, assigned = dict(self.lag), list(self.assigned)
-            progress, pending = dict(self.progress), dict(self.pending)
-        out = []
-        for tp in assigned:
-            _, moved = progress.get(tp, (None, self.assigned_at))
-            if tp in pending and now - pending[tp] > after_s:
-                out.append(f"{tp[0]}[{tp[1]}]")
-            elif lag.get(tp, 0) > 0 and now - moved > after_s:
-                out.append(f"{tp[0]}[{tp[1]}]")
-        return out
+log = logging.getLogger("streams.source.librdkafka")
 
 
 def _lag(part: dict) -> int:
@@ -87,7 +38,6 @@ def _lag(part: dict) -> int:
         return lag
     hi, lo = part.get("hi_offset", -1), part.get("lo_offset", -1)
     return hi - max(lo, 0) if hi >= 0 else -1
-
 
 def consumer_config(settings: Settings, state: ConsumerState) -> dict:
     def on_stats(payload: str) -> None:
@@ -125,7 +75,6 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         "error_cb": on_error,
     }
 
-
 @dataclass
 class _Undecodable:
     """A batch the client failed to decode, starting at `base`: how often it was fetched, and
@@ -134,7 +83,6 @@ class _Undecodable:
     base: int
     fetches: int = 0
     next: int | None = None
-
 
 class BatchConsumer:
     def __init__(self, settings: Settings, topics: list[str]):
@@ -152,32 +100,21 @@ class BatchConsumer:
                                  on_lost=self._on_revoke)
 
     def _on_assign(self, _consumer, partitions: list[TopicPartition]) -> None:
-        with self.state.lock:
-            self.state.joined = True
-            self.state.assigned = sorted((tp.topic, tp.partition) for tp in partitions)
-            self.state.assigned_at = time.monotonic()
-            self.state.progress.clear()
-            self.state.pending.clear()
         self._committed.clear()
-        log.info("assigned %d partitions: %s", len(partitions),
-                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
+        self.state.on_assigned([(tp.topic, tp.partition) for tp in partitions])
 
     def _on_revoke(self, _consumer, partitions: list[TopicPartition]) -> None:
         # Called inside take(), between batches: nothing is in flight, all is committed.
-        with self.state.lock:
-            self.state.joined = False
-            self.state.assigned = []
-            self.state.pending.clear()
         self._undecodable.clear()
         self._committed.clear()
         self._errored.clear()
-        log.info("revoked %d partitions", len(partitions))
+        self.state.on_revoked(len(partitions))
 
     def take(self, limit: int | None = None) -> list[InRecord]:
-        """The next micro-batch of at most `limit` records (default max_batch: an LLM topic's
-        batch is sized by time, `Runtime.max_events`); empty when nothing arrived within
-        max_wait_s. A record the client cannot decode comes back as an InRecord with
-        `client_error` set (data, not an exception), once it has been re-fetched
+        """The next micro-batch of at most `limit` records (default max_batch; the loop passes
+        its `BatchWindow.size()`), by the window rule (`BatchWindow`); empty when nothing
+        arrived within max_wait_s. A record the client cannot decode comes back as an InRecord
+        with `client_error` set (data, not an exception), once it has been re-fetched
         `undecodable_refetches` times."""
         max_batch = min(limit or self.settings.max_batch, self.settings.max_batch)
         # What already waits locally goes at once: those records have waited through the
@@ -202,10 +139,7 @@ class BatchConsumer:
             if tp in errored:  # fetched before the seek past a bad batch took effect
                 continue
             self._undecodable.pop(tp, None)
-            ts_type, ts = m.timestamp()
-            records.append(InRecord(m.topic(), m.partition(), m.offset(),
-                                    None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
-                                    m.key(), m.value(), read_headers(m)))
+            records.append(to_record(m))
         self._errored = (self._errored - {(r.topic, r.partition) for r in records
                                           if r.client_error is None}) | errored
         self.state.taken(records)
@@ -306,3 +240,73 @@ class BatchConsumer:
         """Leave the group now, so its partitions move to other workers without waiting for
         the session timeout."""
         self._consumer.close()
+
+
+class EnrichmentLoop:
+    """The librdkafka source: `BatchConsumer.take` in a thread, each batch through the shared
+    `BatchProcessor`, committed synchronously after delivery."""
+
+    def __init__(self, runtime: Runtime, consumer: BatchConsumer | None = None):
+        self.runtime = runtime
+        settings = runtime.settings
+        self.consumer = consumer or BatchConsumer(settings, [r.input for r in settings.topics])
+        self.stopping = threading.Event()
+        self.processor = BatchProcessor(runtime, self.consumer.state, self.consumer.commit, self.stopping)
+        self.window = BatchWindow(settings.max_batch, settings.max_wait_s, runtime.max_events)
+        self._reported_lag: dict = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> ConsumerState:
+        return self.consumer.state
+
+    @property
+    def batches(self) -> int:
+        return self.processor.batches
+
+    def process(self, records: list[InRecord]) -> None:
+        self.processor.process(records)
+
+    def process_until_done(self, records: list[InRecord]) -> bool:
+        return self.processor.process_until_done(records)
+
+    def _report_lag(self) -> None:
+        """Consumer lag per partition, from librdkafka's statistics (every 5 s)."""
+        lag = self.consumer.state.lag
+        if lag is not self._reported_lag:
+            self._reported_lag = lag
+            for (topic, partition), value in lag.items():
+                self.runtime.telemetry.record_lag(topic, partition, value)
+
+    def run(self) -> None:
+        """Until `stop()`: a batch in progress always finishes (delivered and committed)."""
+        passed_at = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                records = self.consumer.take(self.window.size())
+                if records:
+                    self.process_until_done(records)
+                elif time.monotonic() - passed_at > 1.0:
+                    self.consumer.commit_passed()
+                    passed_at = time.monotonic()
+                self._report_lag()
+        except BaseException as exc:  # noqa: BLE001 - the batch in progress was not committed
+            exit_for(exc, "the worker loop")
+        self.consumer.close()
+        log.info("worker loop stopped after %d batches; left the group", self.batches)
+
+    def start(self) -> "EnrichmentLoop":
+        self._thread = threading.Thread(target=self.run, name="enrichment-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, grace_s: float) -> bool:
+        """Ask the loop to stop after its batch in flight; True when it did within `grace_s`."""
+        self.stopping.set()
+        if self._thread is None:
+            return True
+        self._thread.join(grace_s)
+        return not self._thread.is_alive()

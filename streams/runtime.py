@@ -1,0 +1,251 @@
+"""What a worker loads once at start-up and every batch uses: settings, engine, schema catalog,
+producer, each topic's labels and models, the worker's id. `Runtime.load` builds the real ones
+from the settings; a test builds a `Runtime` from fakes passed in.
+
+It also runs the engine for the pipeline (`Runtime.infer`: a failing batch split, a broken
+engine told from a bad event) and sizes the sources' batches by the engine's measured rate
+(`max_events_for`); `deliver` produces a batch's records through its producer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from . import produce
+from .engine import Engine, Inference, LabelSet, NoopEngine
+from .engine.thread import inference_thread
+from .errors import RetriableError, describe
+from .kafka import ensure_output_topics
+from .produce import AckingProducer
+from .records import OutRecord
+from .serde import SchemaCatalog
+from .settings import Settings
+from .telemetry import Telemetry, default_telemetry
+
+if TYPE_CHECKING:
+    from .engine.llm import LLMEngine
+
+log = logging.getLogger("streams.runtime")
+
+PROBE_TEXT = "Hello, my parcel has not arrived yet."
+
+EngineFactory = Callable[[Settings, Telemetry | None], Engine]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceFailure:
+    """One event the engine failed on while the engine itself works (a probe text passes)."""
+
+    exc: BaseException
+    reason: str = "inference_error"
+
+
+class Runtime:
+    """What a worker loads once at start-up: topics, schemas, models, a producer. Failing here
+    is the point: a missing model or unreachable registry stops it before it takes any event.
+
+    `engine_factory(settings, telemetry)` makes the engine again when it broke (`reload_engine`)."""
+
+    def __init__(self, settings: Settings, engine: Engine, catalog: SchemaCatalog, producer: AckingProducer,
+                 *, telemetry: Telemetry | None = None, engine_factory: EngineFactory | None = None):
+        self.settings = settings
+        # Traces/metrics; by default the process's own, configured by the OTEL_* environment.
+        self.telemetry = telemetry if telemetry is not None else \
+            default_telemetry(settings.app_id, settings.app_id)
+        self.engine = engine
+        self.engine_factory = engine_factory if engine_factory is not None else load_engines
+        self.catalog = catalog
+        self.producer = producer
+        self.labels = {r.input: LabelSet.from_mapping(r.labels) for r in settings.topics}
+        # Provenance per topic: the models that produced its records (they differ by topic when
+        # some take their label or entities from the LLM).
+        self.models = {r.input: engine.models_for(r.input) for r in settings.topics}
+        self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    @classmethod
+    def load(cls, settings: Settings, *, telemetry: Telemetry | None = None,
+             catalog: SchemaCatalog | None = None, producer: AckingProducer | None = None,
+             engine_factory: EngineFactory | None = None) -> "Runtime":
+        """The real parts, from `settings`: the output topics created and a producer for them,
+        the schemas registered, the models loaded and warmed up on the inference thread. A
+        `catalog` or `producer` passed in is used as it is (a fake: then no registry, or no
+        broker, is asked for anything); `engine_factory` replaces `load_engines`."""
+        if producer is None:
+            ensure_output_topics(settings)
+        if catalog is None:
+            catalog = SchemaCatalog.from_settings(settings)
+            catalog.ensure_registered()
+        if telemetry is None:  # made here: the LLM engine counts its dropped spans in it
+            telemetry = default_telemetry(settings.app_id, settings.app_id)
+        factory = engine_factory if engine_factory is not None else load_engines
+        engine = inference_thread.call(load_engine, factory, settings, telemetry)
+        if producer is None:
+            producer = acking_producer(settings)
+        runtime = cls(settings, engine, catalog, producer, telemetry=telemetry, engine_factory=factory)
+        runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
+        runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
+        return runtime
+
+    # ---- inference ------------------------------------------------------------------------------
+
+    def infer(self, texts: Sequence[str], labels: LabelSet,
+              topic: str | None = None) -> list[Inference | InferenceFailure]:
+        """Run a batch; if it fails (an exception, out of memory), split it and retry the
+        halves, so one bad event fails alone and its neighbours are still enriched. An event
+        that fails alone is bad data only if the engine still works: a probe text must pass,
+        else the engine is broken (`RetriableError("accelerator")`: the worker reloads it).
+        A text the engine failed on its own while working (an LLM output cut off by the token
+        cap) fails alone at once, with the engine's reason, and needs no probe."""
+        out = self._infer_split(texts, labels, topic)
+        failures = sum(isinstance(r, InferenceFailure) and r.reason == "inference_error" for r in out)
+        if failures:
+            try:
+                self._engine_infer([PROBE_TEXT], labels, topic)
+            except Exception as exc:  # noqa: BLE001 - not the events' fault
+                _free_accelerator_memory()
+                raise RetriableError("accelerator", f"the models fail on a probe text too: "
+                                                    f"{describe(exc)}") from exc
+        return out
+
+    def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
+        """On the one inference thread (streams/engine/thread.py), whichever source calls. An
+        engine that runs no torch (the no-op engine) is called in place: the stream ceiling it
+        measures is the stream's alone, without a thread hand-off per batch."""
+        if not self.engine.runs_models:
+            return self.engine.infer(texts, labels, topic)
+        return inference_thread.call(self.engine.infer, texts, labels, topic)
+
+    def _infer_split(self, texts: Sequence[str], labels: LabelSet,
+                     topic: str | None = None) -> list[Inference | InferenceFailure]:
+        try:
+            results = self._engine_infer(texts, labels, topic)
+        except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
+            _free_accelerator_memory()
+            if len(texts) == 1:
+                return [InferenceFailure(exc)]
+            mid = len(texts) // 2
+            return self._infer_split(texts[:mid], labels, topic) + self._infer_split(texts[mid:], labels, topic)
+        return [InferenceFailure(r, getattr(r, "reason", "inference_error")) if isinstance(r, Exception) else r
+                for r in results]
+
+    def reload_engine(self) -> None:
+        """Load the models again (after the engine failed on a probe text)."""
+        self.engine = inference_thread.call(load_engine, self.engine_factory, self.settings, self.telemetry)
+
+    # ---- batch sizes ----------------------------------------------------------------------------
+
+    def max_events_for(self, topic: str) -> int | None:
+        """The most events of `topic` a source should take into one batch: the LLM's measured
+        events/s x `llm_batch_budget_s` (default max_poll_interval_s / 3), at least 1, at most
+        `max_batch`; None when the topic does not use the LLM (take up to `max_batch`)."""
+        s = self.settings
+        n = self.engine.max_events_for(topic, s.llm_batch_budget_s or s.max_poll_interval_s / 3)
+        return None if n is None else min(n, s.max_batch)
+
+    def max_events(self) -> int | None:
+        """For a source whose batch mixes every input topic: the smallest cap of any topic."""
+        caps = [n for n in (self.max_events_for(r.input) for r in self.settings.topics) if n is not None]
+        return min(caps) if caps else None
+
+
+def deliver(runtime: Runtime, out: list[OutRecord], timeout: float | None = None, *,
+            sent: bool = False) -> None:
+    """Produce a batch's records through `runtime.producer` and wait for the broker's
+    acknowledgements; a record the broker refuses for good is dead-lettered in its place, to its
+    topic's DLQ, as this worker's (`streams.produce.deliver`). `sent`: `out` was already handed to
+    `runtime.producer.send` (as `enrich_records` emitted it); only the acknowledgements are awaited."""
+    settings = runtime.settings
+    produce.deliver(runtime.producer, out, timeout, sent=sent, worker_id=runtime.worker_id,
+                    dlq_topic=lambda topic: settings.route(topic).dlq)
+
+
+def _free_accelerator_memory() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ---- the parts, from settings --------------------------------------------------------------------
+
+def acking_producer(settings: Settings) -> AckingProducer:
+    return AckingProducer(settings.librdkafka_config() | {
+                              "message.timeout.ms": int(settings.delivery_timeout_s * 1000)},
+                          max_message_bytes=settings.max_message_bytes,
+                          max_backoff_s=settings.retry_max_backoff_s)
+
+
+def load_engine(factory: EngineFactory, settings: Settings, telemetry: Telemetry | None = None) -> Engine:
+    """The engine from `factory`, warmed up (on the inference thread: `Runtime.load` calls it
+    there)."""
+    engine = factory(settings, telemetry)
+    warm_up_seconds = engine.warm_up()
+    if engine.runs_models:
+        log.info("models warmed up in %.1fs", warm_up_seconds)
+    log.info("models loaded on %s in %.1fs: %s", engine.device, engine.load_seconds,
+             ", ".join(f"{m.task}={m.name}@{m.version}" for m in engine.models))
+    return engine
+
+
+def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engine:
+    """The engines the configured topics need: the encoder models when a topic takes its
+    entities or label from them, the LLM when one takes anything from it (each topic's grammar
+    and prompt prepared here, at start-up, from the JSON Schema of its field record). `telemetry`
+    counts the LLM's dropped spans."""
+    from .engine import EncoderEngine  # torch: imported when the models load, not with the app
+    from .engine.llm import LLMTask
+    from .engine.topics import TopicEngines, TopicPlan
+    from .serde.fields import load_field_schema
+
+    plans = {r.input: TopicPlan(r.input, LabelSet.from_mapping(r.labels), r.entities_from, r.label_from,
+                                load_field_schema(settings.schema_dir, r.fields) if r.fields else None)
+             for r in settings.topics}
+    encoder = llm = None
+    if any(p.uses_encoder for p in plans.values()):
+        if settings.engine == "noop":
+            encoder = NoopEngine()
+        else:
+            encoder = EncoderEngine.load(settings.ner_model, settings.classifier_model,
+                                         cache_dir=settings.model_cache, device=settings.device,
+                                         max_batch=settings.model_batch,
+                                         max_tokens=settings.max_tokens_per_pass,
+                                         model_version=settings.model_version,
+                                         overlap_tokenization=settings.overlap_tokenization,
+                                         quantize=settings.quantize)
+    if any(p.uses_llm for p in plans.values()):
+        llm = load_llm(settings, telemetry)
+        for plan in plans.values():
+            if plan.uses_llm:
+                prepared = llm.add_task(LLMTask(
+                    plan.topic, plan.labels if plan.label_from == "llm" else None,
+                    tuple(settings.llm_entity_types) if plan.entities_from == "llm" else None,
+                    plan.fields))
+                log.info("LLM task for %s prepared in %.1fs (prompt prefix %d tokens)", plan.topic,
+                         prepared.compile_seconds, len(prepared.prefix_ids))
+    if llm is None:  # no LLM anywhere: the encoder engine as before
+        return encoder if encoder is not None else NoopEngine()
+    return TopicEngines(plans, encoder, llm)
+
+
+def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides) -> LLMEngine:
+    """The LLM engine with the configured model and options (`overrides` for the bench)."""
+    from .engine.llm import LLMEngine
+
+    options = dict(device=settings.device, dtype=settings.llm_dtype,
+                   max_new_tokens=settings.llm_max_new_tokens,
+                   retry_max_new_tokens=settings.llm_retry_max_new_tokens,
+                   max_batch=settings.llm_batch, max_tokens=settings.llm_max_tokens_per_pass,
+                   few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache,
+                   max_string_chars=settings.llm_max_string_chars or None,
+                   max_input_tokens=settings.llm_max_input_tokens)
+    if settings.llm_examples_dir is not None:
+        options["examples_dir"] = settings.llm_examples_dir
+    if telemetry is not None:
+        options["on_dropped_spans"] = telemetry.metrics.record_llm_dropped_spans
+    options.update(overrides)
+    return LLMEngine.load(settings.llm_model, cache_dir=settings.model_cache, **options)
