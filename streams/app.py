@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-import sys
 
 import faust
 from faust.app.base import BootStrategy
@@ -32,8 +30,8 @@ from .serde.registry import SchemaError
 from .settings import Settings
 from .source.base import EXIT_FATAL, EXIT_UNFINISHED_BATCH, exit_now
 from .source.faust import AgentSource
-from .source.faust_patches import (EagerTransport, OwnPagesWeb, check_installed_versions, install_patches,
-                                   missing_codecs)
+from .source.faust_patches import (AgentHostApp, HostApp, check_installed_versions, environment_without,
+                                   install_patches, missing_codecs)
 from .source.librdkafka import EnrichmentLoop
 from .telemetry import logging_config
 
@@ -54,21 +52,12 @@ class _AgentOnly(BootStrategy):
     enable_sensors = False
 
 
-class _StreamsApp(faust.App):
-    def _new_web(self) -> OwnPagesWeb:
-        return OwnPagesWeb(self)
-
-
-class _App(_StreamsApp):
+class _App(HostApp):
     BootStrategy = _HostOnly
 
 
-class _AgentApp(_StreamsApp):
+class _AgentApp(AgentHostApp):
     BootStrategy = _AgentOnly
-
-    def _new_transport(self):
-        """Faust's aiokafka transport with `faust_patches.EagerConsumer`."""
-        return EagerTransport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
         """Faust waits here until every event handed to the agent is acked (the batch in
@@ -135,7 +124,7 @@ def _faust_settings(settings: Settings) -> dict:
 # environment variable (WEB_PORT, WEB_BIND, APP_WEB_TABLES_ENABLED ...; with APP_ENV_PREFIX,
 # <prefix>_WEB_PORT ...), and there the environment wins over the values create_app passes:
 # a WEB_PORT that Kubernetes puts in every pod of a namespace with a Service named "web"
-# (`tcp://10.0.0.1:80`) would stop the worker. `_faust_env` keeps them from Faust.
+# (`tcp://10.0.0.1:80`) would stop the worker. `environment_without` keeps them from Faust.
 _FAUST_WEB_SETTINGS = ("web_enabled", "web_port", "web_bind", "web_router_enabled", "web_tables_enabled",
                        "web_stats_enabled", "web_graph_enabled", "web_metrics_enabled")
 
@@ -148,20 +137,13 @@ def _faust_web_settings(settings: Settings) -> dict:
                 web_stats_enabled=False, web_graph_enabled=False, web_metrics_enabled=False)
 
 
-def _faust_env() -> dict[str, str]:
-    """The environment Faust reads its settings from, without its web settings."""
-    names = {faust.Settings.SETTINGS[name].env_name for name in _FAUST_WEB_SETTINGS}
-    return {key: value for key, value in os.environ.items()
-            if not any(key == name or key.endswith(f"_{name}") for name in names)}
-
-
 def create_app(settings: Settings) -> faust.App:
     agent = settings.source == "faust"
     app = (_AgentApp if agent else _App)(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",")],
         **_faust_web_settings(settings),
-        env=_faust_env(),
+        env=environment_without(_FAUST_WEB_SETTINGS),
         datadir=str(settings.model_cache.parent / "faust-data"),
         logging_config=logging_config(settings.log_level, settings.log_format),
         autodiscover=list(settings.app_modules) or False,  # users' agents, tables, pages

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from .kafka import consumer as make_consumer
-from .kafka import read_headers, to_record
+from .kafka import to_record
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it

@@ -8,21 +8,24 @@ worker with what to do on any other release. Each patch says what it replaces an
 - `install_leave_group_on_generation_zero`: aiokafka leaves its group for generation 0 too;
 - `EagerTransport`: Faust's consumer with a cheaper hand-over per message, prompter fetches
   and read_committed;
-- `OwnPagesWeb`: Faust's web server without Faust's own pages;
+- `OwnPagesWeb`, `HostApp`, `AgentHostApp`: Faust's App with its web server without Faust's
+  own pages, and the agent's transport; `environment_without`: Faust's environment settings
+  left out;
 - `brokers_up`: the brokers the agent's consumer is connected to (for /readyz)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 
+import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import Service
 from mode.services import WaitResults
 
-from ..kafka import OMITTED_HEADERS  # noqa: F401 - re-exported for the agent's placeholders
 from .base import EXIT_FATAL, exit_now
 
 try:  # aiokafka decompresses snappy, lz4 and zstd with cramjam; corrupt input raises this
@@ -392,3 +395,25 @@ class OwnPagesWeb(AiohttpWeb):
     and the pages of the modules in STREAMS_APP_MODULES."""
 
     default_blueprints = production_blueprints = debug_blueprints = optional_blueprints = ()
+
+
+class HostApp(faust.App):
+    """Faust's App serving only our pages (`App._new_web` -> `OwnPagesWeb`)."""
+
+    def _new_web(self) -> OwnPagesWeb:
+        return OwnPagesWeb(self)
+
+
+class AgentHostApp(HostApp):
+    """The agent's App: its consumer is `EagerConsumer` (`App._new_transport`)."""
+
+    def _new_transport(self):
+        return EagerTransport(self.conf.broker_consumer, self)
+
+
+def environment_without(settings: tuple[str, ...]) -> dict[str, str]:
+    """The process environment without the variables Faust would read these settings from
+    (`faust.Settings.SETTINGS[name].env_name`, also behind an APP_ENV_PREFIX)."""
+    names = {faust.Settings.SETTINGS[name].env_name for name in settings}
+    return {key: value for key, value in os.environ.items()
+            if not any(key == name or key.endswith(f"_{name}") for name in names)}
