@@ -19,13 +19,12 @@ from typing import Callable, NoReturn, Protocol
 from ..errors import FatalError, RetriableError
 from ..pipeline import enrich_records
 from ..records import InRecord
-from ..settings import TopicRoute
 from ..runtime import Runtime, deliver
+from ..settings import TopicRoute
 
 log = logging.getLogger("streams.source")
 
 EXIT_UNFINISHED_BATCH = 70  # exit status when a batch could not finish: it was not committed
-
 EXIT_FATAL = 78  # a fatal error (EX_CONFIG): what to fix is in the last log line
 
 

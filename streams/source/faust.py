@@ -41,6 +41,7 @@ log = logging.getLogger("streams.source.faust")
 BAD_HEADERS = [(OMITTED_HEADERS, b"a header name is not valid UTF-8; read the headers at the "
                                  b"source coordinates")]
 
+
 async def take_batches(stream, window: BatchWindow):
     """Faust's `Stream.noack_take` (faust/streams.py line 683), with the librdkafka source's
     batch rule (`BatchConsumer.take`): events that queued while the previous batch was being
