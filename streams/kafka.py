@@ -4,11 +4,12 @@ built from the same settings as the worker so security reaches every client."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Message, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .errors import FatalError
+from .errors import RECORD_UNDECODABLE, FatalError, sanitize
 from .records import InRecord
 from .settings import Settings
 
@@ -74,6 +75,67 @@ def to_record(message) -> InRecord:
     return InRecord(message.topic(), message.partition(), message.offset(),
                     None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
                     message.key(), message.value(), read_headers(message))
+
+
+@dataclass
+class _Skip:
+    """A batch the client failed to decode, starting at `base`: how often it was fetched, and
+    the next offset to step to once it is being skipped record by record."""
+
+    base: int
+    fetches: int = 0
+    next: int | None = None
+
+
+class UndecodableRecords:
+    """Records a librdkafka consumer fetched and cannot decode (a batch whose compression bits
+    lie, a corrupt message): each failing batch is re-fetched `refetches` times (a transient
+    fault passes), then its records come out one by one as `InRecord`s with `client_error`
+    set, by their coordinates (dead-lettered, never a crash or a stall), each followed by a
+    seek past it. The librdkafka source and replay both read through one."""
+
+    def __init__(self, consumer: Consumer, refetches: int):
+        self._consumer = consumer
+        self.refetches = refetches
+        self._skips: dict[tuple[str, int], _Skip] = {}
+
+    def clear(self) -> None:
+        self._skips.clear()
+
+    def decoded(self, tp: tuple[str, int]) -> None:
+        """A record of `tp` was decoded again: its bad batch is behind it."""
+        self._skips.pop(tp, None)
+
+    def record_for(self, m, err: KafkaError) -> InRecord | None:
+        """The record to hand out for this error (and the seek past it), or None while the
+        batch is re-fetched. Call it once per partition per fetch: the messages fetched after
+        it, before the seek, are stale."""
+        tp = (m.topic(), m.partition())
+        base = m.offset()  # librdkafka reports the failing batch's first offset
+        skip = self._skips.get(tp)
+        if skip is None or skip.base != base:
+            skip = self._skips[tp] = _Skip(base)
+        if skip.next is None:
+            skip.fetches += 1
+            if skip.fetches < self.refetches:
+                log.warning("%s[%d]@%d cannot be decoded by the client (%s); re-fetch %d of %d",
+                            tp[0], tp[1], base, err.name(), skip.fetches, self.refetches)
+                return None
+            offset = base
+        else:
+            # The seek past the last skipped offset landed in the same batch: that offset is
+            # part of it, and gets its own dead letter.
+            offset = skip.next
+        skip.next = offset + 1
+        self._consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
+        return InRecord(tp[0], tp[1], offset, None, None, None, [],
+                        client_error=f"{err.name()}: {sanitize(err.str())}")
+
+
+def is_undecodable(m, err: KafkaError) -> bool:
+    """A fetched record the client cannot hand out (`UndecodableRecords` deals with it)."""
+    return (err.code() in RECORD_UNDECODABLE and m.topic() is not None and m.offset() is not None
+            and m.offset() >= 0)
 
 
 def all_topics(settings: Settings) -> list[str]:

@@ -204,14 +204,26 @@ class _Batch:
 
 
 def _groups(decoded: list[Decoded], size: int | None) -> list[list[Decoded]]:
-    """The decoded events in groups for the engine: all at once (`size` None), or sorted by
-    text length and cut into groups of `size`, so each group's forward passes pad little and
-    its outputs can leave before the longer texts are done (`InOrder` holds back whatever
-    would overtake an earlier record of its partition)."""
+    """The decoded events in groups for the engine: all at once (`size` None), or in groups
+    of `size` whose outputs can leave while the later groups run. The first group is the
+    earliest events of every partition (round robin by their rank in it): nothing earlier in
+    their partition is pending, so `InOrder` releases them as soon as the group is done, and
+    the batch's first outputs leave after one group's forward passes. The rest go sorted by
+    text length, so each group pads little; `InOrder` holds back whatever would overtake an
+    earlier record of its partition."""
     if size is None or len(decoded) <= size:
         return [decoded] if decoded else []
-    ordered = sorted(decoded, key=lambda d: len(d[2].text))
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    rank: dict[int, int] = {}
+    ranked = []
+    for position, d in enumerate(decoded):  # input order: offset order per partition
+        partition = d[1].partition
+        ranked.append((rank.get(partition, 0), position))
+        rank[partition] = rank.get(partition, 0) + 1
+    first = {position for _, position in sorted(ranked)[:size]}
+    rest = sorted((d for position, d in enumerate(decoded) if position not in first),
+                  key=lambda d: len(d[2].text))
+    head = [decoded[position] for position in sorted(first)]
+    return [head] + [rest[i : i + size] for i in range(0, len(rest), size)]
 
 
 _PENDING = object()  # an outcome not known yet

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from .kafka import consumer as make_consumer
-from .kafka import to_record
+from .kafka import UndecodableRecords, is_undecodable, to_record
 from .settings import Settings
 
 if TYPE_CHECKING:  # the pipeline imports torch (~4 s): `offsets reset` never needs it
@@ -172,14 +172,15 @@ def count_range(settings: Settings, topic: str, ranges: list[PartitionRange], st
     below = done_below or {}
     cons = make_consumer(settings, f"streams-replay-count-{uuid.uuid4().hex[:8]}", **READER_CONF)
     try:
-        for batch in read_messages(cons, topic, ranges, batch_size=1000, resume=False):
-            for m in batch:
-                p = m.partition()
-                if not in_range(m.timestamp()[1], start_ms, end_ms):
+        for batch in read_records(cons, topic, ranges, batch_size=1000, resume=False,
+                                  refetches=settings.undecodable_refetches):
+            for r in batch:
+                p = r.partition
+                if not in_range(r.timestamp_ms, start_ms, end_ms):
                     skipped[p] += 1
                     continue
                 counts[p] += 1
-                if m.offset() < below.get(p, -1):
+                if r.offset < below.get(p, -1):
                     done[p] += 1
     finally:
         cons.close()
@@ -198,24 +199,20 @@ def replay_group(rid: str) -> str:
     return f"streams-replay-{rid}"
 
 
-def read_range(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
-               resume: bool = True):
-    """read_messages' batches as pipeline InRecords. Commits nothing."""
-    for msgs in read_messages(cons, topic, ranges, batch_size=batch_size, resume=resume):
-        yield [to_record(m) for m in msgs]
-
-
-def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
-                  resume: bool = True, stop_at_ms: int | None = None, stopped: dict[int, int] | None = None):
-    """Yield batches of confluent_kafka Messages (for callers that need no pipeline: importing
-    it loads torch) from each range's start (or, with `resume`, the group's committed offset
+def read_records(cons: Consumer, topic: str, ranges: list[PartitionRange], *, batch_size: int,
+                  resume: bool = True, stop_at_ms: int | None = None, stopped: dict[int, int] | None = None,
+                  refetches: int = 3):
+    """Yield batches of InRecords from each range's start (or, with `resume`, the group's committed offset
     where it is further) to its end offset: every data record in between, whatever its
     timestamp (callers filter and count). A partition ends at a record at/after its end
     offset, at a position at its end, or at an end-of-partition report at/after it (how
     trailing control records are seen). `cons` must be made with READER_CONF.
 
     `stop_at_ms` ends a partition instead at its first record stamped at/after that time (not
-    yielded; its offset goes into `stopped`): `streams offsets reset` semantics."""
+    yielded; its offset goes into `stopped`): `streams offsets reset` semantics. A record the
+    client cannot decode comes out, after `refetches` fetches, as an InRecord with
+    `client_error` set (`kafka.UndecodableRecords`, as the librdkafka source): replay
+    dead-letters it, the counts count it, and the reader moves past it."""
     tps = [TopicPartition(topic, r.partition) for r in ranges]
     committed = {tp.partition: tp.offset for tp in cons.committed(tps, timeout=15)} if resume else {}
     end = {r.partition: r.end for r in ranges}
@@ -232,13 +229,23 @@ def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, b
         short_since.pop(p, None)
         cons.pause([TopicPartition(topic, p)])
 
+    undecodable = UndecodableRecords(cons, refetches)
     while position:
         msgs = cons.consume(batch_size, 0.5)
         now = time.monotonic()
         batch = []
+        errored: set[int] = set()  # partitions that met a bad batch in this fetch
         for msg in msgs:
             p, err = msg.partition(), msg.error()
-            if p not in position:
+            if p not in position or p in errored:
+                continue
+            if err is not None and is_undecodable(msg, err):
+                errored.add(p)
+                record = undecodable.record_for(msg, err)
+                if record is not None:
+                    short_since.pop(p, None)
+                    position[p] = record.offset + 1
+                    batch.append(record)
                 continue
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -263,7 +270,8 @@ def read_messages(cons: Consumer, topic: str, ranges: list[PartitionRange], *, b
                 finish(p)
                 continue
             position[p] = msg.offset() + 1
-            batch.append(msg)
+            undecodable.decoded((topic, p))
+            batch.append(to_record(msg))
         if batch:
             yield batch
         for p in list(position):
@@ -303,7 +311,8 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
                                route_for=lambda _topic: route, extra_headers=headers,
                                deliver_timeout=DELIVERY_TIMEOUT_S)
     try:
-        for batch in read_range(cons, topic, ranges, batch_size=settings.max_batch):
+        for batch in read_records(cons, topic, ranges, batch_size=settings.max_batch,
+                                  refetches=settings.undecodable_refetches):
             if limit is not None:  # keep records up to the limit-th one in range
                 inside = [i for i, r in enumerate(batch) if in_range(r.timestamp_ms, start_ms, end_ms)]
                 room = limit - progress.read
@@ -425,7 +434,7 @@ def offsets_at(settings: Settings, group: str, topics: list[str], when_ms: int) 
                 raise ValueError(f"cannot reset group {group!r}: {exc}") from None
             # the first record at/after when_ms where there is one, else the partition's end
             stopped: dict[int, int] = {}
-            for _ in read_messages(cons, topic, ranges, batch_size=500, resume=False,
+            for _ in read_records(cons, topic, ranges, batch_size=500, resume=False,
                                    stop_at_ms=when_ms, stopped=stopped):
                 pass
             found = {r.partition: stopped.get(r.partition, r.end) for r in ranges}

@@ -67,6 +67,10 @@ def test_outputs_leave_in_offset_order_per_partition_though_shorter_texts_finish
         offsets = [r.source.offset for r in sent if r.source.partition == partition]
         assert offsets == sorted(offsets), (partition, offsets)
     assert [r.kind for r in sent if r.source.partition == 1][-1] == "dlq"
+    # The first outputs leave after one group (of 2): the earliest records of the partitions,
+    # chosen by their place, not their length, so nothing earlier holds them back.
+    first = runtime.producer.groups[0]
+    assert [(r.source.partition, r.source.offset) for r in first] == [(0, 0), (1, 0)]
 
 
 def test_in_order_releases_each_partition_up_to_its_first_pending_record():

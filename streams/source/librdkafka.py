@@ -16,12 +16,11 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import RECORD_UNDECODABLE, FatalError, consumer_error_is_fatal, sanitize
-from ..kafka import ISOLATION, to_record
+from ..errors import FatalError, consumer_error_is_fatal, sanitize
+from ..kafka import ISOLATION, UndecodableRecords, is_undecodable, to_record
 from ..records import InRecord
 from ..runtime import Runtime
 from ..settings import Settings
@@ -75,20 +74,11 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         "error_cb": on_error,
     }
 
-@dataclass
-class _Undecodable:
-    """A batch the client failed to decode, starting at `base`: how often it was fetched, and
-    the next offset to step to once it is being skipped record by record."""
-
-    base: int
-    fetches: int = 0
-    next: int | None = None
-
 class BatchConsumer:
     def __init__(self, settings: Settings, topics: list[str]):
         self.settings = settings
         self.state = ConsumerState()
-        self._undecodable: dict[tuple[str, int], _Undecodable] = {}
+
         # Per assigned partition: the offset committed last (this worker's, or the group's
         # as read once); and the partitions that skipped records after a seek past an
         # undecodable one, until a record of theirs is taken again (their position may lag
@@ -96,6 +86,7 @@ class BatchConsumer:
         self._committed: dict[tuple[str, int], int] = {}
         self._errored: set[tuple[str, int]] = set()
         self._consumer = Consumer(consumer_config(settings, self.state))
+        self._undecodable = UndecodableRecords(self._consumer, settings.undecodable_refetches)
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_revoke)
 
@@ -138,7 +129,7 @@ class BatchConsumer:
             tp = (m.topic(), m.partition())
             if tp in errored:  # fetched before the seek past a bad batch took effect
                 continue
-            self._undecodable.pop(tp, None)
+            self._undecodable.decoded(tp)
             records.append(to_record(m))
         self._errored = (self._errored - {(r.topic, r.partition) for r in records
                                           if r.client_error is None}) | errored
@@ -152,33 +143,16 @@ class BatchConsumer:
         if consumer_error_is_fatal(err):
             raise FatalError(f"the Kafka consumer cannot go on: {err.name()} ({sanitize(err.str())}); "
                              "check the credentials, ACLs and settings")
-        if code not in RECORD_UNDECODABLE or m.topic() is None or m.offset() is None or m.offset() < 0:
+        if not is_undecodable(m, err):
             log.warning("consume error on %s[%s]: %s", m.topic(), m.partition(), sanitize(err.str()))
             return
         tp = (m.topic(), m.partition())
         if tp in errored:
             return  # one step per partition per take: the rest were fetched before the seek
         errored.add(tp)
-        base = m.offset()  # librdkafka reports the failing batch's first offset
-        skip = self._undecodable.get(tp)
-        if skip is None or skip.base != base:
-            skip = self._undecodable[tp] = _Undecodable(base)
-        if skip.next is None:
-            skip.fetches += 1
-            if skip.fetches < self.settings.undecodable_refetches:
-                log.warning("%s[%d]@%d cannot be decoded by the client (%s); re-fetch %d of %d",
-                            tp[0], tp[1], base, err.name(), skip.fetches,
-                            self.settings.undecodable_refetches)
-                return
-            offset = base
-        else:
-            # The seek past the last skipped offset landed in the same batch: that offset is
-            # part of it, and gets its own dead letter.
-            offset = skip.next
-        skip.next = offset + 1
-        records.append(InRecord(tp[0], tp[1], offset, None, None, None, [],
-                                client_error=f"{err.name()}: {sanitize(err.str())}"))
-        self._consumer.seek(TopicPartition(tp[0], tp[1], offset + 1))
+        record = self._undecodable.record_for(m, err)
+        if record is not None:
+            records.append(record)
 
     def commit(self, records: list[InRecord]) -> bool:
         """Commit, per partition, the offset after the last record of the batch, or the

@@ -314,3 +314,40 @@ def test_plan_ends_each_partition_where_a_fetch_ends_it(fresh):
     assert (planned.start, planned.end) == (0, 10)
     counts, _, skipped = rp.count_range(fresh.settings, fresh.input, [planned], 0, int(time.time() * 1000) + 60_000)
     assert counts == {2: 10} and skipped == {2: 0}
+
+
+def test_a_batch_the_client_cannot_decode_is_dead_lettered_by_its_coordinates(fresh):
+    """Replay reads like the librdkafka source: a batch whose attributes claim gzip over an
+    uncompressed payload (written raw, as a buggy producer can) is re-fetched, then each of its
+    records is dead-lettered by its coordinates (`undecodable_record`), and the replay goes on
+    past it to the end of the range."""
+    from tests.fixtures.raw_records import build_batch, produce_raw
+
+    prod = Producer(fresh.settings.librdkafka_config() | {"acks": "all"})
+    for i in range(3):
+        prod.produce(fresh.input, partition=0, key=f"u-{i}".encode(), value=_event(f"u-{i}"))
+    assert prod.flush(30) == 0
+    base = produce_raw(fresh.bootstrap, fresh.input, 0,
+                       build_batch([(b"l1", _event("lie-1"), []), (b"l2", _event("lie-2"), [])], claim_codec=1))
+    for i in range(3, 6):
+        prod.produce(fresh.input, partition=0, key=f"u-{i}".encode(), value=_event(f"u-{i}"))
+    assert prod.flush(30) == 0
+    args = ["replay", "--topic", fresh.input, "--partitions", "0", "--from-offset", "0"]
+    dry = _cli_finishing(fresh, *args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr + dry.stdout
+    assert "8 records would be re-enriched" in dry.stdout, dry.stdout
+    run = _cli_finishing(fresh, *args)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "read 8, enriched 6, dead-lettered 2" in run.stdout, run.stdout
+    assert sorted(r["event_id"] for r, _ in _replayed(fresh)) == [f"u-{i}" for i in range(6)]
+    c = consumer(fresh.settings, f"dlq-{time.monotonic_ns()}")
+    c.assign([TopicPartition(fresh.dlq, p, 0) for p in range(fresh.settings.topic_partitions)])
+    dead, idle = [], time.monotonic()
+    while time.monotonic() - idle < 5 and len(dead) < 2:
+        for m in c.consume(100, 0.5):
+            if not m.error():
+                idle = time.monotonic()
+                dead.append(dict(m.headers() or []))
+    c.close()
+    assert sorted(int(h["__streams.errors.offset"]) for h in dead) == [base, base + 1]
+    assert {h["__streams.errors.reason"] for h in dead} == {b"undecodable_record"}
