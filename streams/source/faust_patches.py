@@ -189,7 +189,8 @@ def install_record_reader() -> None:
                     if record.offset < self.next_fetch_offset:
                         continue
                     consumer_record = self._consumer_record(tp, record)
-                    OFFSET_GAPS.skipped(key, self.next_fetch_offset, record.offset)  # compaction
+                    if record.offset > self.next_fetch_offset:  # compaction left a hole
+                        OFFSET_GAPS.skipped(key, self.next_fetch_offset, record.offset)
                     self.next_fetch_offset = record.offset + 1
                     yield consumer_record
             except (UnicodeDecodeError, ValueError, OSError, EOFError, RuntimeError,

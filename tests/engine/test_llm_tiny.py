@@ -11,12 +11,13 @@ import fastavro
 import pytest
 import torch
 
-from streams.engine import LabelSet, NoopEngine
+from streams.engine import NoopEngine
 from streams.engine.llm import LLMEngine, LLMResult, LLMTask, LLMTruncated
 from streams.engine.topics import TopicEngines, TopicPlan
-from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_FIELDS, build_tiny_llm
+from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_LABELS, TINY_FIELDS, build_tiny_llm
+from tests.fixtures.tiny_llm import tiny_engine as engine
 
-LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel", "praise": "thanks"})
+LABELS = TINY_LABELS
 TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.",
          "My parcel has not arrived.", "Thanks!", "Gift wrap it, leave at the door, it is fragile.",
          "Maria", "Denver tracking says the parcel is late and my order was charged twice for it."]
@@ -34,13 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def engine(tiny_dir, tmp_path_factory=None, **options) -> LLMEngine:
-    llm = LLMEngine.load(str(tiny_dir), cache_dir=tiny_dir.parent / "cache", device="cpu",
-                         dtype="float32", **({"max_new_tokens": 48, "retry_max_new_tokens": 64} | options))
-    llm.add_task(LLMTask("tickets", LABELS, None, TINY_FIELD_SCHEMA))
-    return llm
 
 
 @pytest.fixture(scope="module")

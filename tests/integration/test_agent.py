@@ -300,12 +300,9 @@ def test_an_agent_without_the_codec_library_stops_at_start_up_and_says_which(bro
                             PYTHONPATH=f"{shim}:{REPO}")
     produce_spread(scenario, json_events(8, "codec"))
     worker = WorkerProcess(scenario).start()
-    try:
-        worker.proc.wait(90)
-    finally:
-        worker.stop()
+    code = worker.wait_exit(90)
     log = worker.log()
-    assert worker.proc.returncode == EXIT_FATAL, log[-3000:]
+    assert code == EXIT_FATAL, log[-3000:]
     assert "cramjam" in log and "lz4" in log, log[-2000:]
     got = collect(scenario.settings, scenario, timeout=5, until=lambda g: False)
     assert not got.enriched and not got.dead

@@ -64,6 +64,20 @@ class ReadinessWatch:
         return any(status == 503 and what in str(body.get("waiting_for") or "") for status, body in self.seen)
 
 
+def run_watched(scenario: Scenario, events: int, timeout: float):
+    """A worker until it enriched `events` events or exited, /readyz watched meanwhile; then
+    stopped. (worker, collected, watch, alive before the stop, exit status)."""
+    worker = WorkerProcess(scenario).start()
+    try:
+        with ReadinessWatch(scenario.health_port) as watch:
+            got = collect(scenario.settings, scenario, timeout=timeout,
+                          until=lambda g: worker.proc.poll() is not None or len(g.enriched_ids) >= events)
+        alive = worker.proc.poll() is None
+    finally:
+        code = worker.stop()
+    return worker, got, watch, alive, code
+
+
 @pytest.fixture
 def registry():
     server = FakeRegistry().start()
@@ -95,14 +109,7 @@ def test_a_registry_that_fails_then_recovers_is_waited_out(broker, tiny_models, 
     input_id = int.from_bytes(events[0][1][1:5], "big")
     registry.fail_id(input_id, *[500] * 22, 503, 429)  # the client retries 3 times per call itself
     produce_recorded(settings, [(k.decode(), scenario.input, i % 4, k, v, []) for i, (k, v) in enumerate(events)])
-    worker = WorkerProcess(scenario).start()
-    try:
-        with ReadinessWatch(scenario.health_port) as watch:
-            got = collect(settings, scenario, timeout=150, until=lambda g: worker.proc.poll() is not None
-                          or len(g.enriched_ids) >= len(events))
-        alive = worker.proc.poll() is None
-    finally:
-        code = worker.stop()
+    worker, got, watch, alive, code = run_watched(scenario, len(events), timeout=150)
     log = worker.log()
     assert alive and code == 0, log[-3000:]
     assert not got.dead, [d[2].get("__streams.errors.reason") for d in got.dead]
@@ -131,14 +138,7 @@ def test_a_registry_that_never_answers_is_timed_out_and_waited_out(broker, tiny_
     input_id = int.from_bytes(events[-1][1][1:5], "big")
     registry.hang_id(input_id, 12)  # the client tries 4 times per call: 3 held batches
     produce_recorded(settings, [(k.decode(), scenario.input, i % 4, k, v, []) for i, (k, v) in enumerate(events)])
-    worker = WorkerProcess(scenario).start()
-    try:
-        with ReadinessWatch(scenario.health_port) as watch:
-            got = collect(settings, scenario, timeout=120, until=lambda g: worker.proc.poll() is not None
-                          or len(g.enriched_ids) >= len(events))
-        alive = worker.proc.poll() is None
-    finally:
-        code = worker.stop()
+    worker, got, watch, alive, code = run_watched(scenario, len(events), timeout=120)
     log = worker.log()
     assert alive and code == 0, log[-3000:]
     assert registry.hung == 12, f"{registry.hung} lookups hung: the outage never happened as planned"
@@ -157,12 +157,9 @@ def test_a_registry_that_refuses_the_credentials_stops_the_worker_without_commit
     registry.fail_id(int.from_bytes(events[-1][1][1:5], "big"), *[401] * 100)
     produce_recorded(settings, [(k.decode(), scenario.input, 0, k, v, []) for k, v in events])
     worker = WorkerProcess(scenario).start()
-    try:
-        worker.proc.wait(90)
-    finally:
-        worker.stop()
+    code = worker.wait_exit(90)
     log = worker.log()
-    assert worker.proc.returncode == EXIT_FATAL, log[-3000:]
+    assert code == EXIT_FATAL, log[-3000:]
     assert "STREAMS_SCHEMA_REGISTRY_AUTH" in log.splitlines()[-1] or "STREAMS_SCHEMA_REGISTRY_AUTH" in log[-2000:]
     # Nothing committed past the batch that met the refusal, nothing dead-lettered.
     offset = committed(settings, scenario.input)[0]  # negative: nothing committed
