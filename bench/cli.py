@@ -62,6 +62,8 @@ def bench(
                              "reference loop from process launch), latency (at half the capacity)"),
     launch_events: int = typer.Option(1000, help="tickets waiting when the worker / reference loop is launched"),
     latency_s: float = typer.Option(60.0, help="seconds of the half-capacity latency run"),
+    corpora: str = typer.Option("tickets,samples", help="the corpora of the engine, reference, end-to-end "
+                                "and launch runs: tickets (generated, bench/corpus.py), samples (bundled)"),
 ) -> None:
     """Benchmark engine, naive, reference, end-to-end and stream ceiling; print a table."""
     missing = missing_extra()
@@ -91,8 +93,11 @@ def bench(
     parts = tuple(p.strip() for p in only.split(",") if p.strip())
     if not parts or set(parts) - set(encoder.PARTS):
         _fail(f"--only {only!r}: a comma-separated list of {', '.join(encoder.PARTS)}")
+    names = tuple(c.strip() for c in corpora.split(",") if c.strip())
+    if not names or set(names) - set(stream.CORPORA):
+        _fail(f"--corpora {corpora!r}: a comma-separated list of {', '.join(stream.CORPORA)}")
     r = encoder.run(texts, events, ceiling_events, out, traced=traced, rounds=rounds, parts=parts,
-                    n_launch=launch_events, latency_s=latency_s)
+                    n_launch=launch_events, latency_s=latency_s, corpora=names)
     report.encoder(r)
     console.print(f"written to {out}")
     if check:

@@ -91,8 +91,8 @@ def bench_grammar(llm, texts: list[str], rounds: int = 2) -> dict:
 
 def bench_end_to_end(n: int, log_dir: Path) -> dict:
     """Events/s counting every outcome, like the engine rows: an output the cap cut off is
-    dead-lettered (llm_truncated), so the DLQ is read too."""
-    from .stream import worker_rig
+    dead-lettered (llm_truncated), so the DLQ is read too; the engine's duty cycle and batch fill."""
+    from .stream import engine_figures, scrape_engine, worker_rig
 
     with worker_rig(log_dir, "llm", STREAMS_TOPICS=json.dumps(TASK_TOPICS)) as rig:
         rig.reader.subscribe([f"{TOPIC}.enriched", f"{TOPIC}.dlq"])
@@ -100,6 +100,7 @@ def bench_end_to_end(n: int, log_dir: Path) -> dict:
                   for i, t in enumerate(ticket_texts(n))]
         pending = {key for key, _ in events}
         enriched = dead = 0
+        meters_before = scrape_engine(rig.health_port)
         start = time.time()
         for key, value in events:
             rig.producer.produce(TOPIC, key=key, value=value, timestamp=int(time.time() * 1000))
@@ -115,8 +116,9 @@ def bench_end_to_end(n: int, log_dir: Path) -> dict:
                 else:
                     enriched += 1
         elapsed = time.time() - start
+        engine = engine_figures(meters_before, scrape_engine(rig.health_port))
     return {"events": n, "enriched": enriched, "dead_lettered": dead,
-            "events_per_s": (enriched + dead) / elapsed, "seconds": elapsed}
+            "events_per_s": (enriched + dead) / elapsed, "seconds": elapsed, **engine}
 
 
 def run(n_texts: int, n_naive: int, n_events: int, out: Path, end_to_end: bool = True) -> dict:

@@ -10,43 +10,22 @@ console = Console(soft_wrap=True, highlight=False)
 
 
 def encoder(r: dict) -> None:
-    """The encoder bench's results (`encoder.run`): tables of the runs, the ratios, int8's
-    agreement, what tracing costs."""
-    table = Table(title=f"streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
-    for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB"):
-        table.add_column(col, justify="right" if col != "run" else "left")
-    if "engine" in r:
-        table.add_row("engine", f"{r['engine']:.1f}", "", "", "")
-    if "naive" in r:
-        table.add_row("naive (batch 1)", f"{r['naive']:.1f}", "", "", "")
-        table.add_row("reference (pipelines, 32)", f"{r['reference']:.1f}", "", "", "")
-    if "int8" in r:
-        table.add_row("engine, int8 (opt-in, CPU)", f"{r['int8']['events_per_s']:.1f}", "", "", "")
-    source = {"faust": "Faust agent", "librdkafka": "librdkafka"}.get(r.get("source", ""), "")
-    for key, name in (("end_to_end", f"end-to-end, {source} source (STREAMS_SOURCE)" if source else "end-to-end"),
-                      ("end_to_end_librdkafka", "end-to-end, librdkafka source"),
-                      ("end_to_end_faust", "end-to-end, Faust agent source"),
-                      ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
-                      ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
-                      ("end_to_end_traced", "end-to-end, traced")):
-        if key not in r:
-            continue
-        s = r[key]
-        table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
-                      f"{s['worker_peak_rss_mb']:.0f}")
-    console.print(table)
-    if "from_launch" in r:
-        launch = Table(title=f"from process launch, {r['from_launch']['events']:.0f} tickets waiting "
-                             f"(median of {len(r['from_launch']['runs_events_per_s'])})")
-        for col in ("run", "events/s, launch to last output", "launch to first output s",
-                    "launch to last output s"):
-            launch.add_column(col, justify="right" if col != "run" else "left")
-        for key, name in (("reference_from_launch", "reference loop (consume 32, pipelines 32)"),
-                          ("from_launch", "streams worker")):
-            s = r[key]
-            launch.add_row(name, f"{s['events_per_s']:.1f}", f"{s['first_output_s']:.1f}",
-                           f"{s['last_output_s']:.1f}")
-        console.print(launch)
+    """The encoder bench's results (`encoder.run`): per corpus, a table of the runs, the launch
+    table and the ratios; then the precisions' agreement, latency and what tracing costs."""
+    for corpus in ("tickets", "samples"):
+        sub = r if corpus == "samples" else r.get(corpus)
+        if sub:
+            _corpus(r, sub, corpus)
+    for corpus, figures in r.get("precision", {}).items():
+        for kind in ("bf16", "int8"):
+            if kind in figures:
+                f, a = figures[kind], figures[kind]["agreement"]
+                console.print(f"{corpus}: {kind} {f['events_per_s']:.1f}/s against fp32 "
+                              f"{figures['fp32_events_per_s']:.1f}/s ({f['speedup']:.2f}x); labels equal "
+                              f"{a['labels']:.1%}, entity spans equal {a['entities_exact']:.1%}, entity F1 "
+                              f"{a['entities_f1']:.3f} (bars for auto: labels 99 %, F1 0.98; {a['texts']} texts)")
+    if "models" in r:
+        console.print("models as run by the engine and the worker (auto): " + "; ".join(r["models"]))
     if "latency" in r:
         lat = r["latency"]
         console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s "
@@ -54,19 +33,55 @@ def encoder(r: dict) -> None:
                       f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
                       f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
                       f"one forward pass {lat['forward_pass_ms']:.0f} ms")
-    for name, value in r["ratios"].items():
-        console.print(f"{name}: {value:.2f}")
-    if "int8" in r:
-        a = r["int8"]["agreement"]
-        console.print(f"int8 vs full precision: {r['int8']['events_per_s'] / r['engine']:.2f}x the speed; "
-                      f"labels agree on {a['labels']:.1%} of texts, entity spans on {a['entities_exact']:.1%} "
-                      f"(entity F1 {a['entities_f1']:.3f})")
     if "end_to_end_traced" in r:
         console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
     if "tracing_cost" in r:
         t = r["tracing_cost"]
         console.print(f"tracing costs the worker {t['us_per_event']:.0f} µs of CPU per event (no-op engine, "
                       f"traced minus untraced), the models {t['end_to_end_cpu_us_per_event']:.0f} µs")
+
+
+def _corpus(r: dict, sub: dict, corpus: str) -> None:
+    """One corpus's tables (the samples' also hold the stream ceilings) and ratios."""
+    table = Table(title=f"{corpus}: streams bench on {r['device']} ({r['cpu_count']} cores), batch {r['batch']}")
+    for col in ("run", "events/s", "p50 ms", "p99 ms", "peak RSS MB", "duty cycle", "batch fill"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    blank = ("",) * 6
+    if "engine" in sub:
+        table.add_row("engine", f"{sub['engine']:.1f}", *blank[1:])
+    if "naive" in sub:
+        table.add_row("naive (reference models, batch 1)", f"{sub['naive']:.1f}", *blank[1:])
+    if "reference" in sub:
+        table.add_row("reference (NER pipeline + MiniLM forward, 32)", f"{sub['reference']:.1f}", *blank[1:])
+    source = {"faust": "Faust agent", "librdkafka": "librdkafka"}.get(sub.get("source", ""), "")
+    for key, name in (("end_to_end", f"end-to-end, {source} source (STREAMS_SOURCE)" if source else "end-to-end"),
+                      ("end_to_end_librdkafka", "end-to-end, librdkafka source"),
+                      ("end_to_end_faust", "end-to-end, Faust agent source"),
+                      ("stream_ceiling", "stream ceiling (no-op), librdkafka"),
+                      ("stream_ceiling_faust", "stream ceiling (no-op), Faust agent"),
+                      ("end_to_end_traced", "end-to-end, traced")):
+        if key not in sub:
+            continue
+        s = sub[key]
+        duty = f"{s['engine_duty_cycle']:.2f}" if "engine_duty_cycle" in s else ""
+        fill = f"{s['batch_fill']:.2f}" if "batch_fill" in s else ""
+        table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
+                      f"{s['worker_peak_rss_mb']:.0f}", duty, fill)
+    console.print(table)
+    if "from_launch" in sub:
+        launch = Table(title=f"{corpus}: from process launch, {sub['from_launch']['events']:.0f} texts waiting "
+                             f"(median of {len(sub['from_launch']['runs_events_per_s'])})")
+        for col in ("run", "events/s, launch to last output", "launch to ready s", "launch to first output s",
+                    "launch to last output s"):
+            launch.add_column(col, justify="right" if col != "run" else "left")
+        for key, name in (("reference_from_launch", "reference loop (consume 32, reference models)"),
+                          ("from_launch", "streams worker")):
+            s = sub[key]
+            launch.add_row(name, f"{s['events_per_s']:.1f}", f"{s.get('ready_s', float('nan')):.1f}",
+                           f"{s['first_output_s']:.1f}", f"{s['last_output_s']:.1f}")
+        console.print(launch)
+    for name, value in sub["ratios"].items():
+        console.print(f"{corpus}: {name}: {value:.2f}")
 
 
 def llm(r: dict) -> None:

@@ -1,7 +1,8 @@
 """The runs through the worker: a worker subprocess on a fresh embedded broker, fed sample
 tickets by a producer in this process, its enriched records read back by key.
 
-bench_stream     n events as fast as they can be produced: events/s, latency, the worker's CPU
+bench_stream     n events as fast as they can be produced: events/s, latency, the worker's CPU;
+                 with the models, the engine's duty cycle and mean batch fill (its /metrics)
 bench_traced     the same with every event traced, spans exported over OTLP gRPC to a receiver
                  in this process (bench/otlp.py)
 bench_from_launch  n tickets waiting, then a command (the worker, or the reference loop) launched:
@@ -13,10 +14,12 @@ bench_sustained  a steady rate for a long time: the worker's RSS
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,14 +30,28 @@ import numpy as np
 from streams import samples
 from streams.settings import Settings
 
+from . import corpus as generated
 from .otlp import span_sink
 
 BENCH_TOPIC = "support.tickets"
 
 
+CORPORA = ("tickets", "samples")
+
+
 def sample_texts(n: int) -> list[str]:
     """`n` texts of the bundled samples, every topic's, repeated in order."""
     return samples.texts(n)
+
+
+def corpus_texts(corpus: str, n: int) -> list[str]:
+    """`n` texts of a bench corpus: "tickets", generated support tickets of similar length,
+    all different (bench/corpus.py), or "samples", the bundled samples repeated."""
+    if corpus == "tickets":
+        return generated.texts(n)
+    if corpus == "samples":
+        return sample_texts(n)
+    raise ValueError(f"corpus {corpus!r}: use {' or '.join(CORPORA)}")
 
 
 def per_second(n: int, seconds: float) -> float:
@@ -47,6 +64,7 @@ class _Rig:
     worker: subprocess.Popen
     reader: object
     producer: object
+    health_port: int  # the worker's /metrics
 
 
 @contextmanager
@@ -79,7 +97,7 @@ def worker_rig(log_dir: Path, name: str, **env_extra: str):
                              value=json.dumps({"event_id": "warm", "text": "hello"}).encode())
                 prod.flush(10)
                 _read_by_key(reader, {b"warm": warm_ms}, 300)
-                rig = _Rig(settings, worker, reader, prod)
+                rig = _Rig(settings, worker, reader, prod, int(env["STREAMS_HEALTH_PORT"]))
                 yield rig
             finally:
                 if prod is not None:
@@ -105,15 +123,18 @@ def bench_traced(n: int, log_dir: Path, noop: bool = False) -> dict:
     return result
 
 
-def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, **env: str) -> dict:
-    """Worker subprocess on a fresh embedded broker; events/s and latency per event."""
+def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, corpus: str = "samples",
+                 **env: str) -> dict:
+    """Worker subprocess on a fresh embedded broker, `n` texts of `corpus`; events/s and
+    latency per event."""
     with worker_rig(log_dir, name or ("noop" if noop else "models"),
                     STREAMS_ENGINE="noop" if noop else "models", **env) as rig:
         # Serialized before the clock starts: the load generator shares the worker's CPUs.
         events = [(f"b{i}".encode(), json.dumps({"event_id": f"b{i}", "text": text}).encode())
-                  for i, text in enumerate(sample_texts(n))]
+                  for i, text in enumerate(corpus_texts(corpus, n))]
         sent_ms: dict[bytes, int] = {}
         cpu_before = _cpu_seconds(rig.worker.pid)
+        meters_before = None if noop else scrape_engine(rig.health_port)
         start = time.time()
         for key, value in events:
             sent_ms[key] = now_ms = int(time.time() * 1000)
@@ -123,33 +144,68 @@ def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, **e
         latencies = _read_by_key(rig.reader, sent_ms, 600)
         elapsed = time.time() - start
         worker_cpu = _cpu_seconds(rig.worker.pid) - cpu_before
+        engine = {} if meters_before is None else engine_figures(meters_before, scrape_engine(rig.health_port))
         rss_kb = _proc_status_kb(rig.worker.pid, "VmHWM")
     lat = np.array(latencies) if latencies else np.array([float("nan")])
     return {"events": n, "received": len(latencies), "events_per_s": per_second(len(latencies), elapsed),
             "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)),
             "worker_peak_rss_mb": rss_kb / 1024,
-            "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6}
+            "worker_cpu_us_per_event": worker_cpu / max(1, len(latencies)) * 1e6, **engine}
 
 
-def _backlog(settings: Settings, n: int) -> None:
-    """`n` sample tickets waiting in the input topic (a worker restarted after an outage)."""
+ENGINE_METERS = {"streams_engine_busy_seconds_total": "busy_s",
+                 "streams_engine_batch_fill_sum": "fill_sum", "streams_engine_batch_fill_count": "passes"}
+
+
+def engine_meters(text: str) -> dict[str, float]:
+    """The engine's meters in a worker's /metrics text: busy seconds, and the batch fill
+    histogram's sum and count (every engine's series added up)."""
+    meters = dict.fromkeys(ENGINE_METERS.values(), 0.0)
+    for line in text.splitlines():
+        key = ENGINE_METERS.get(line.split("{", 1)[0].split(" ", 1)[0])
+        if key is not None:
+            meters[key] += float(line.rsplit(" ", 1)[1])
+    return meters
+
+
+def scrape_engine(port: int) -> dict[str, float]:
+    """`engine_meters` of the worker serving /metrics on `port`, and when they were read."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return engine_meters(text) | {"at": time.monotonic()}
+
+
+def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Between two scrapes: the engine's duty cycle (busy seconds / wall seconds; near 1 the
+    models were the bottleneck, lower the stream kept them waiting) and the mean batch fill
+    of its forward passes (NaN: none)."""
+    wall = after["at"] - before["at"]
+    passes = after["passes"] - before["passes"]
+    return {"engine_duty_cycle": (after["busy_s"] - before["busy_s"]) / wall if wall > 0 else math.nan,
+            "batch_fill": (after["fill_sum"] - before["fill_sum"]) / passes if passes else math.nan}
+
+
+def _backlog(settings: Settings, n: int, corpus: str) -> None:
+    """`n` texts of `corpus` waiting in the input topic (a worker restarted after an outage)."""
     from streams.kafka import producer
 
     prod = producer(settings, **{"log.connection.close": False})
-    for i, text in enumerate(sample_texts(n)):
+    for i, text in enumerate(corpus_texts(corpus, n)):
         prod.produce(BENCH_TOPIC, key=f"b{i}".encode(), value=json.dumps({"event_id": f"b{i}", "text": text}).encode())
         prod.poll(0)
     if prod.flush(60):
         raise RuntimeError("the backlog was not acknowledged by the broker")
 
 
-def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], **env_extra: str) -> dict:
+def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], corpus: str = "samples",
+                      **env_extra: str) -> dict:
     """`command` (the worker, or the reference loop) launched on a fresh embedded broker with
-    `n` tickets already waiting: seconds from process launch to the first and to the n-th
-    output read back, and events/s over the whole (launch to n-th output). The reader is
-    assigned the output partitions before the launch, so it joins no group and sees each
-    output as soon as the broker has it."""
+    `n` texts of `corpus` already waiting: seconds from process launch to ready (models loaded
+    and partitions assigned: the worker's /readyz answers 200, the reference loop prints
+    "ready"), to the first and to the n-th output read back, and events/s over the whole
+    (launch to n-th output). The reader is assigned the output partitions before the launch,
+    so it joins no group and sees each output as soon as the broker has it."""
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     from streams.broker import EmbeddedBroker, free_port
@@ -158,7 +214,7 @@ def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], **en
     with EmbeddedBroker(free_port(), log_path=log_dir / f"bench-tansu-{name}.log") as broker:
         settings = Settings(kafka_bootstrap=broker.bootstrap)
         ensure_topics(settings)
-        _backlog(settings, n)
+        _backlog(settings, n, corpus)
         reader = consumer(settings, f"bench-reader-{uuid.uuid4().hex[:6]}")
         reader.assign([TopicPartition(f"{BENCH_TOPIC}.enriched", p, OFFSET_BEGINNING)
                        for p in range(settings.topic_partitions)])
@@ -167,14 +223,18 @@ def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], **en
                             "STREAMS_KAFKA_SESSION_TIMEOUT_S": "6",
                             "STREAMS_HEALTH_PORT": str(free_port()), **env_extra}
         pending = {f"b{i}".encode() for i in range(n)}
-        first = last = None
-        with (log_dir / f"bench-launch-{name}.log").open("wb") as log:
+        first = last = ready = None
+        log_path = log_dir / f"bench-launch-{name}.log"
+        with log_path.open("wb") as log:
             launched = time.monotonic()
             proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            readiness = _ReadyWatch(int(env["STREAMS_HEALTH_PORT"]), log_path)
             try:
                 deadline = launched + 600
                 while pending and time.monotonic() < deadline and proc.poll() is None:
-                    for msg in reader.consume(min(1000, len(pending)), 0.1):
+                    if ready is None and readiness.ready():
+                        ready = time.monotonic() - launched
+                    for msg in reader.consume(min(1000, len(pending)), 0.05 if ready is None else 0.1):
                         if msg.error() or not msg.value() or msg.key() not in pending:
                             continue
                         pending.discard(msg.key())
@@ -190,10 +250,33 @@ def bench_from_launch(n: int, log_dir: Path, name: str, command: list[str], **en
                     proc.kill()
                     proc.wait()
     received = n - len(pending)
-    return {"events": n, "received": received,
+    return {"events": n, "received": received, "ready_s": ready if ready is not None else float("inf"),
             "first_output_s": first if first is not None else float("inf"),
             "last_output_s": last if last is not None and not pending else float("inf"),
             "events_per_s": received / last if last and not pending else 0.0, "cpu_s": cpu}
+
+
+class _ReadyWatch:
+    """Whether a launched process says it is ready: the worker's /readyz answers 200 (its
+    models are loaded and it has joined its group), or the reference loop's log has its
+    "ready" line (its models are loaded and it has partitions). Checked between polls of the
+    output, so each check is cheap: one local HTTP request, one read of a small log."""
+
+    def __init__(self, health_port: int, log_path: Path):
+        self.url = f"http://127.0.0.1:{health_port}/readyz"
+        self.log_path = log_path
+
+    def ready(self) -> bool:
+        try:
+            if any(line.strip() == "ready" for line in self.log_path.read_text(errors="replace").splitlines()):
+                return True
+        except OSError:
+            pass
+        try:
+            with urllib.request.urlopen(self.url, timeout=0.2) as resp:
+                return resp.status == 200
+        except (OSError, ValueError):
+            return False
 
 
 def worker_command() -> list[str]:

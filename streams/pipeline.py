@@ -49,7 +49,7 @@ class BatchResult:
 def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
                    extra_headers: Headers | None = None, *,
                    received_ns: int | None = None, defer_trace_end: bool = False,
-                   emit: Emit | None = None) -> BatchResult:
+                   emit: Emit | None = None, queued: bool = False) -> BatchResult:
     """`extra_headers(record)` adds headers to that record's output (replay markers).
 
     `emit`: called with each group of outputs as soon as it is ready, so the caller can send
@@ -62,15 +62,19 @@ def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InReco
     on (checked once per batch). `received_ns` (time.time_ns()) starts the event spans when
     the batch was taken from the consumer, default now. `defer_trace_end=True` leaves the
     spans open in `result.trace`: the caller ends them with `result.end_trace()` once the
-    produce is acknowledged, so the send spans cover it. Otherwise they end here."""
+    produce is acknowledged, so the send spans cover it. Otherwise they end here.
+
+    The queue depth ahead of the engine (`Telemetry.add_queued`) holds the batch's decoded
+    events until their group goes to the engine; `queued=True`: the caller added all of
+    `records` when it took them (`BatchProcessor`), and this call removes them all by its end."""
     telemetry = runtime.telemetry
     more = extra_headers or no_headers
     if not telemetry.tracing_enabled:  # the one check: nothing per event for tracing below
-        return _Batch(runtime, route, records, more, None, emit).run()
+        return _Batch(runtime, route, records, more, None, emit, queued).run()
     trace = telemetry.start_batch(route.input, records, received_ns)
     try:
         with trace.current():  # log lines of the batch carry its trace id
-            result = _Batch(runtime, route, records, more, trace, emit).run()
+            result = _Batch(runtime, route, records, more, trace, emit, queued).run()
     except BaseException as exc:
         trace.end(exc)
         raise
@@ -89,9 +93,10 @@ class _Batch:
     partition's earlier records are; last, the batch's metrics."""
 
     def __init__(self, runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
-                 more: Headers, trace: BatchTrace | None, emit: Emit | None):
+                 more: Headers, trace: BatchTrace | None, emit: Emit | None, queued: bool = False):
         self.runtime, self.route, self.records = runtime, route, records
         self.more, self.trace, self.emit = more, trace, emit
+        self.waiting = len(records) if queued else 0  # this batch's share of the queue depth
         self.order = InOrder(records)
         self.result = BatchResult(out=[])
         self.bad: list[tuple[InRecord, str]] = []  # (record, reason), for the metrics
@@ -99,19 +104,29 @@ class _Batch:
 
     def run(self) -> BatchResult:
         settings = self.runtime.settings
-        decoded = self.decode()
-        self.release()  # what precedes the first decoded event of each partition leaves at once
-        group_size = None if self.emit is None else settings.output_chunk or settings.model_batch
-        for group in _groups(decoded, group_size):
-            inferred, ms = self.infer(group)
-            self.encode(group, inferred, ms)
-            self.release()
+        try:
+            decoded = self.decode()
+            self.queue(len(decoded))  # tombstones and undecodable records wait no more
+            self.release()  # what precedes the first decoded event of each partition leaves at once
+            group_size = None if self.emit is None else settings.output_chunk or settings.model_batch
+            for group in _groups(decoded, group_size):
+                self.queue(self.waiting - len(group))  # in the engine now, no longer ahead of it
+                inferred, ms = self.infer(group)
+                self.encode(group, inferred, ms)
+                self.release()
+        finally:
+            self.queue(0)  # a batch that failed is retried whole: its events wait no more
         self.result.dead = len(self.bad)
         self.runtime.telemetry.metrics.record_batch(
             self.route.input, self.records, tombstone_partitions=self.tombstone_partitions,
             dead=[(rec.partition, reason) for rec, reason in self.bad],
             inference_s=self.result.inference_ms / 1000 if decoded else None)
         return self.result
+
+    def queue(self, waiting: int) -> None:
+        """This batch's events waiting for the engine are now `waiting` (one add per call)."""
+        self.runtime.telemetry.add_queued(waiting - self.waiting, self.route.input)
+        self.waiting = waiting
 
     def decode(self) -> list[Decoded]:
         """Each record's event; a tombstone settles as nothing, a record that cannot be decoded

@@ -55,6 +55,8 @@ class Runtime:
         # Traces/metrics; by default the process's own, configured by the OTEL_* environment.
         self.telemetry = telemetry if telemetry is not None else \
             default_telemetry(settings.app_id, settings.app_id)
+        # The engine's duty cycle and batch fill, metered by the one inference thread.
+        self.telemetry.metrics.watch_engine(inference_thread)
         self.engine = engine
         self.engine_factory = engine_factory if engine_factory is not None else load_engines
         self.catalog = catalog
@@ -111,12 +113,13 @@ class Runtime:
         return out
 
     def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
-        """On the one inference thread (streams/engine/thread.py), whichever source calls. An
-        engine that runs no torch (the no-op engine) is called in place: the stream ceiling it
-        measures is the stream's alone, without a thread hand-off per batch."""
+        """On the one inference thread (streams/engine/thread.py), whichever source calls, its
+        time counted as the engine's busy time. An engine that runs no torch (the no-op engine)
+        is called in place: the stream ceiling it measures is the stream's alone, without a
+        thread hand-off per batch (and its duty cycle is 0)."""
         if not self.engine.runs_models:
             return self.engine.infer(texts, labels, topic)
-        return inference_thread.call(self.engine.infer, texts, labels, topic)
+        return inference_thread.infer(self.engine.infer, texts, labels, topic)
 
     def _infer_split(self, texts: Sequence[str], labels: LabelSet,
                      topic: str | None = None) -> list[Inference | InferenceFailure]:
@@ -216,7 +219,7 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engi
                                          max_tokens=settings.max_tokens_per_pass,
                                          model_version=settings.model_version,
                                          overlap_tokenization=settings.overlap_tokenization,
-                                         quantize=settings.quantize)
+                                         quantize=settings.quantize, precision=settings.precision)
     if any(p.uses_llm for p in plans.values()):
         llm = load_llm(settings, telemetry)
         for plan in plans.values():

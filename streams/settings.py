@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     allocator: Literal["auto", "jemalloc", "system"] = Field(
         "auto", description="memory allocator of `streams worker` and `streams replay`: jemalloc "
                             "when installed (auto), required, or glibc's (system)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="the encoder models' precision on CPU: auto runs a model in bf16 on a "
+                            "CPU with native bf16 where its agreement with fp32, measured by streams "
+                            "bench, meets the bar (docs/models.md); fp32 opts out; bf16 opts in. "
+                            "GPUs always run bf16/fp16")
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: dynamic int8 quantization of the models' Linear layers, for "
                             "CPU-only deployments; faster and less exact (streams bench prints both)")

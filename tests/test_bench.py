@@ -6,9 +6,12 @@ event, reads latency from the records, and that `--check` fails below a bound.""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +175,65 @@ def test_streams_bench_is_the_bench_cli(tmp_path):
                               "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
                              timeout=120, cwd=tmp_path, env=os.environ | {"STREAMS_ALLOCATOR": "system"})
     assert refused.returncode == 2 and "--only 'nothing'" in refused.stdout, refused.stdout + refused.stderr
+
+
+def test_check_holds_the_end_to_end_runs_engine_duty_cycle_to_its_bound():
+    bounds = {"engine_duty_cycle": 0.9}
+    assert check({"end_to_end": {"engine_duty_cycle": 0.93}}, bounds) == []
+    assert check({"end_to_end": {"engine_duty_cycle": 0.9}}, bounds) == []  # the bound itself
+    assert check({"end_to_end": {"engine_duty_cycle": 0.62}}, bounds) == [
+        "end_to_end engine_duty_cycle = 0.62 < 0.9"]
+    # Not measured (the worker's /metrics said nothing) fails rather than passes.
+    assert check({"end_to_end": {"engine_duty_cycle": float("nan")}}, bounds) == [
+        "end_to_end engine_duty_cycle = nan < 0.9"]
+    assert check({"end_to_end": {"events_per_s": 80.0}}, bounds) == [
+        "end_to_end engine_duty_cycle = nan < 0.9"]
+    assert check({"ratios": {}}, bounds) == []  # no end-to-end run (--only launch): nothing to check
+    assert check({"end_to_end": {"engine_duty_cycle": 0.5}}, {}) == []  # no bound asked
+    assert json.loads((Path(stream.__file__).with_name("bounds.json")).read_text())["engine_duty_cycle"] == 0.9
+
+
+def test_engine_figures_come_from_the_workers_metrics_text():
+    """The names `bench_stream` reads are the ones a worker's /metrics exports: read from the
+    Prometheus text of a Telemetry whose inference thread did 3 passes in a known busy time."""
+    from streams.engine.thread import InferenceThread
+    from streams.telemetry import Telemetry
+
+    telemetry, runner = Telemetry.create(service_name="bench-test"), InferenceThread("bench-fill")
+    telemetry.metrics.watch_engine(runner)
+    before = stream.engine_meters(telemetry.prometheus_text()[0].decode()) | {"at": 0.0}
+    assert before == {"busy_s": 0.0, "fill_sum": 0.0, "passes": 0.0, "at": 0.0}
+    runner.infer(lambda: [runner.batch_filled(rows, 8, "encoder") for rows in (8, 8, 2)])
+    runner.infer(runner.batch_filled, 1, 2, "llm")  # every engine's series count
+    after = stream.engine_meters(telemetry.prometheus_text()[0].decode())
+    assert after["busy_s"] == pytest.approx(runner.busy_seconds()) and after["busy_s"] > 0
+    assert (after["fill_sum"], after["passes"]) == (2.75, 4.0)
+    figures = stream.engine_figures({"busy_s": 1.0, "fill_sum": 2.0, "passes": 4.0, "at": 10.0},
+                                    {"busy_s": 10.0, "fill_sum": 5.0, "passes": 8.0, "at": 20.0})
+    assert figures == {"engine_duty_cycle": 0.9, "batch_fill": 0.75}
+    idle = stream.engine_figures(before, before | {"at": 5.0})
+    assert idle["engine_duty_cycle"] == 0.0 and math.isnan(idle["batch_fill"])  # no pass: no fill
+    telemetry.shutdown()
+
+
+def test_report_prints_each_corpus_with_its_duty_cycle(capsys):
+    from bench import report
+
+    run = {"events_per_s": 50.0, "p50_ms": 10.0, "p99_ms": 20.0, "worker_peak_rss_mb": 900.0,
+           "engine_duty_cycle": 0.934, "batch_fill": 0.81}
+    report.encoder({"device": "cpu", "cpu_count": 2, "batch": 32, "engine": 80.0,
+                    "ratios": {"end_to_end/engine": 0.9}, "end_to_end": run,
+                    "tickets": {"engine": 60.0, "ratios": {"end_to_end/engine": 0.95},
+                                "end_to_end": run | {"engine_duty_cycle": 0.5}}})
+    out = capsys.readouterr().out
+    assert out.index("tickets: streams bench") < out.index("samples: streams bench")
+    assert "0.93" in out and "0.50" in out and "0.81" in out
+    assert "tickets: end_to_end/engine: 0.95" in out and "samples: end_to_end/engine: 0.90" in out
+
+
+def test_check_holds_every_corpus_to_the_bounds():
+    bounds = {"ratios": {"from_launch/reference": 1.3}}
+    ok = {"ratios": {"from_launch/reference": 1.4}}
+    assert check(ok | {"tickets": ok}, bounds) == []
+    assert check(ok | {"tickets": {"ratios": {"from_launch/reference": 1.1}}}, bounds) == [
+        "tickets: from_launch/reference = 1.10 < 1.3"]

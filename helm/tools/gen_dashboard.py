@@ -42,6 +42,19 @@ PANELS = [
         (f"sum(streams_events_in_flight{{{SEL}}})", "in flight")]),
     ("Model load time", "s", "stat", [
         (f"max(streams_model_load_duration_seconds{{{SEL}}})", "load")]),
+    # Starved or saturated: a duty cycle near 1 is an engine at capacity (more GPUs, more
+    # partitions and workers); a low one with an empty queue is an engine the stream starves.
+    ("Engine duty cycle (inference busy time / wall time)", "percentunit", "timeseries", [
+        (f"avg(rate(streams_engine_busy_seconds_total{{{SEL}}}[5m]))", "mean of workers"),
+        (f"max(rate(streams_engine_busy_seconds_total{{{SEL}}}[5m]))", "busiest worker")]),
+    ("Batch fill per forward pass (rows / the engine's max batch)", "percentunit", "timeseries", [
+        (f"sum by (streams_engine) (rate(streams_engine_batch_fill_sum{{{SEL}}}[5m])) / "
+         f"sum by (streams_engine) (rate(streams_engine_batch_fill_count{{{SEL}}}[5m]))", "mean {{streams_engine}}"),
+        (f"histogram_quantile(0.5, sum by (le, streams_engine) (rate(streams_engine_batch_fill_bucket{{{SEL}}}[5m])))",
+         "p50 {{streams_engine}}")]),
+    ("Queue depth ahead of the engine (events waiting for inference)", "short", "timeseries", [
+        (f"sum by (messaging_destination_name) (streams_engine_queue_depth{{{SEL}}})",
+         "{{messaging_destination_name}}")]),
 ]
 
 

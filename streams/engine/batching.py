@@ -1,7 +1,7 @@
 """Tokenize into model-sized windows and group them into length-sorted, dynamically padded
 batches, so a batch of short notes never pays for one long ticket's padding; run a model over
 those batches with the next forward pass always launched before the last one's outputs are
-handed back (`forward_batches`)."""
+handed back (`forward_batches`), each pass reporting its batch fill to the inference thread."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from .thread import inference_thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +44,25 @@ def tokenize_windows(tokenizer, texts: Sequence[str], max_length: int, stride: i
     ]
 
 
-def length_batches(windows: Sequence[Window], max_batch: int, max_tokens: int) -> Iterator[list[int]]:
+class Rows(list):
+    """A batch's window indices, and `capacity`: the rows the limits allow at its longest
+    window's length, what `forward_batches` divides by for the batch fill."""
+
+    __slots__ = ("capacity",)
+
+
+def length_batches(windows: Sequence[Window], max_batch: int, max_tokens: int) -> Iterator[Rows]:
     """Indices of `windows` sorted by length, cut so each batch holds at most `max_batch`
     windows and at most `max_tokens` padded tokens."""
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
-    batch: list[int] = []
+    batch = Rows()
     for i in order:
         longest = len(windows[i].input_ids)  # sorted ascending: the newest is the longest
         if batch and (len(batch) >= max_batch or (len(batch) + 1) * longest > max_tokens):
             yield batch
-            batch = []
+            batch = Rows()
         batch.append(i)
+        batch.capacity = max(1, min(max_batch, max_tokens // max(1, longest)))
     if batch:
         yield batch
 
@@ -91,10 +101,16 @@ def forward_batches(windows: Sequence[Window], batches: Iterable[list[int]], for
     Software-pipelined: batch k+1 is padded, moved to the device and its forward pass
     launched before batch k's outputs are yielded, so on CUDA (asynchronous kernels) the
     caller's CPU post-processing of batch k overlaps the GPU's work on batch k+1. On CPU the
-    forward pass of k+1 simply runs first: the same work, the same results in the same order."""
+    forward pass of k+1 simply runs first: the same work, the same results in the same order.
+
+    Each pass of a `length_batches` batch reports its fill (rows / `Rows.capacity`) to the
+    inference thread: one value per pass, nothing per window."""
     pending: tuple[list[int], torch.Tensor, torch.cuda.Event | None] | None = None
     for batch in batches:
         launched = (batch, *_launch(forward, pad([windows[i] for i in batch], pad_id, device)))
+        capacity = getattr(batch, "capacity", None)  # None: a warm-up's own batch
+        if capacity is not None:
+            inference_thread.batch_filled(len(batch), capacity, "encoder")
         if pending is not None:
             yield pending[0], _fetch(*pending[1:])
         pending = launched

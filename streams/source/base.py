@@ -187,14 +187,18 @@ class BatchProcessor:
             by_topic[rec.topic].append(rec)
         for topic, recs in by_topic.items():
             telemetry.add_in_flight(len(recs), topic)
+            telemetry.add_queued(len(recs), topic)  # every topic's wait for the engine, from now
         out, results = [], []
+        handed = 0  # topics given to enrich_records, which takes them off the queue depth
         # Each group of outputs leaves as soon as its forward passes are done (`send`), while
         # the next group runs; the commit below still waits for every acknowledgement.
         send = self.runtime.producer.send
         try:
             for topic, recs in by_topic.items():
+                handed += 1
                 result = enrich_records(self.runtime, self.route_for(topic), recs, self.extra_headers,
-                                        received_ns=received_ns, defer_trace_end=True, emit=send)
+                                        received_ns=received_ns, defer_trace_end=True, emit=send,
+                                        queued=True)
                 results.append(result)
                 out.extend(result.out)
                 log.info("batch %s: %d enriched, %d dead-lettered, %d tombstones, inference %.0f ms",
@@ -202,8 +206,10 @@ class BatchProcessor:
         except BaseException as exc:  # a dependency failed: the batch will be retried whole
             for result in results:
                 result.end_trace(exc)
-            for topic, recs in by_topic.items():
+            for k, (topic, recs) in enumerate(by_topic.items()):
                 telemetry.add_in_flight(-len(recs), topic)
+                if k >= handed:
+                    telemetry.add_queued(-len(recs), topic)
             raise
         # The broker's acknowledgements for every output and dead letter, then the commit.
         sent = time.perf_counter()

@@ -66,8 +66,8 @@ class Telemetry:
     - `tracing_enabled`: checked once per batch; when False no tracing object is made per event.
     - `metrics`: the instruments (`StreamMetrics`).
     - `start_batch(...)`: the spans of one batch (used by `enrich_records`).
-    - for the worker loop: `add_in_flight`, `record_produce`, `record_lag`, `prometheus_text`,
-      `force_flush`, `shutdown`.
+    - for the worker loop: `add_in_flight`, `add_queued`, `record_produce`, `record_lag`,
+      `prometheus_text`, `force_flush`, `shutdown`.
     """
 
     def __init__(self, *, tracer_provider: trace_api.TracerProvider | None = None,
@@ -153,6 +153,12 @@ class Telemetry:
         (or they are dropped, e.g. on a rebalance)."""
         if n:
             self.metrics.in_flight.add(n, self.metrics.attributes(topic, partition))
+
+    def add_queued(self, n: int, topic: str) -> None:
+        """The queue depth ahead of the engine: +n when events are taken from the consumer,
+        -n as they are handed to the engine or settle without it (tombstones, undecodable)."""
+        if n:
+            self.metrics.queue_depth.add(n, self.metrics.attributes(topic))
 
     def record_produce(self, topic: str, seconds: float) -> None:
         """A batch's produce, from send until every record is acknowledged."""

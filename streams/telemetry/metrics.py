@@ -25,16 +25,31 @@ counters end in `_total`, seconds in `_seconds`:
 | streams.produce.duration         | streams_produce_duration_seconds_*           | histogram      |
 | streams.consumer.lag             | streams_consumer_lag                         | gauge          |
 | streams.model.load.duration      | streams_model_load_duration_seconds          | gauge          |
+| streams.engine.busy              | streams_engine_busy_seconds_total            | counter        |
+| streams.engine.duty_cycle        | streams_engine_duty_cycle                    | gauge          |
+| streams.engine.batch_fill        | streams_engine_batch_fill_bucket/_sum/_count | histogram      |
+| streams.engine.queue_depth       | streams_engine_queue_depth                   | up-down counter|
+
+The engine's duty cycle, from the one inference thread (streams/engine/thread.py), so for the
+whole process, without the topic: `streams.engine.busy` is the seconds its inference calls ran
+(not loading or warm-up; the no-op engine runs none), so `rate()` of it is the duty cycle, and
+`streams.engine.duty_cycle` the same ratio since the previous collection (by any reader), both
+read at collection, nothing per batch. `streams.engine.batch_fill{streams.engine}`: per forward
+pass, its rows over the rows the engine allows at that length (`max_batch`, fewer where the
+token cap allows fewer), `encoder` one value per pass, `llm` one per generation pass (the mean
+over its decoding steps). `streams.engine.queue_depth` (per topic): events of the batches in
+hand not yet given to the engine, added and removed once per batch and group (Telemetry.add_queued).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from operator import attrgetter
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
 
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from .tracing import DESTINATION_NAME, PARTITION_ID
 
@@ -43,16 +58,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 METER_NAME = "streams"
 REASON = "reason"
+ENGINE = "streams.engine"  # which engine made a forward pass: encoder, llm
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                      10.0, 30.0, 60.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0)
+FILL_BUCKETS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 0.99, 1.0)
 
 LATENCY_SAMPLES_PER_BATCH = 32
 
 _partition_of = attrgetter("partition")
+
+
+class BusyMeter(Protocol):
+    """What the engine metrics read: the inference thread (streams.engine.thread)."""
+
+    on_batch_fill: object
+
+    def busy_seconds(self) -> float: ...
 
 
 def latency_samples(latencies: list[float], k: int = LATENCY_SAMPLES_PER_BATCH) -> list[float]:
@@ -116,7 +141,51 @@ class StreamMetrics:
         self.llm_dropped_spans = meter.create_counter(
             "streams.llm.dropped_spans", unit="{entity}",
             description="entities the LLM wrote that do not occur verbatim in the input text: dropped")
+        self.engine_busy = meter.create_observable_counter(
+            "streams.engine.busy", callbacks=[self._observe_busy], unit="s",
+            description="seconds the inference thread ran inference calls; rate(): the duty cycle")
+        self.engine_duty_cycle = meter.create_observable_gauge(
+            "streams.engine.duty_cycle", callbacks=[self._observe_duty_cycle], unit="1",
+            description="busy seconds / wall seconds of the inference thread since the last collection")
+        self.batch_fill = meter.create_histogram(
+            "streams.engine.batch_fill", unit="1",
+            description="rows per forward pass / the rows the engine allows at that length",
+            explicit_bucket_boundaries_advisory=FILL_BUCKETS)
+        self.queue_depth = meter.create_up_down_counter(
+            "streams.engine.queue_depth", unit="{event}",
+            description="events taken from Kafka that wait for the engine")
         self._attrs: dict[tuple, dict] = {}
+        self._engine: BusyMeter | None = None
+        self._duty_from = (0.0, 0.0)  # (perf_counter, busy seconds) at the last collection
+        self._duty_lock = threading.Lock()  # collections may come from two readers' threads
+        self._engine_attrs = {name: {ENGINE: name} for name in ("encoder", "llm")}
+
+    def watch_engine(self, engine: BusyMeter) -> None:
+        """Meter `engine` (the process's inference thread): its busy seconds and duty cycle
+        at each collection, its forward passes' batch fill. One inference thread per process,
+        so the last metrics to watch it get its fills (the process's: `default_telemetry`)."""
+        with self._duty_lock:
+            if self._engine is not engine:
+                self._engine = engine
+                self._duty_from = (time.perf_counter(), engine.busy_seconds())
+        engine.on_batch_fill = self.record_batch_fill
+
+    def record_batch_fill(self, fill: float, engine: str) -> None:
+        self.batch_fill.record(fill, self._engine_attrs.get(engine) or {ENGINE: engine})
+
+    def _observe_busy(self, options: CallbackOptions) -> list[Observation]:
+        engine = self._engine
+        return [] if engine is None else [Observation(engine.busy_seconds())]
+
+    def _observe_duty_cycle(self, options: CallbackOptions) -> list[Observation]:
+        with self._duty_lock:
+            if self._engine is None:
+                return []
+            now, busy = time.perf_counter(), self._engine.busy_seconds()
+            (then, busy_then), self._duty_from = self._duty_from, (now, busy)
+        if now <= then:
+            return []
+        return [Observation(min(1.0, (busy - busy_then) / (now - then)))]
 
     def record_llm_dropped_spans(self, topic: str, n: int) -> None:
         self.llm_dropped_spans.add(n, self.attributes(topic))

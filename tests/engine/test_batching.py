@@ -62,3 +62,37 @@ def test_long_text_becomes_overlapping_windows(tiny_models):
     for prev, nxt in zip(spans, spans[1:]):
         assert prev[-8:] == nxt[:8]  # consecutive windows share `stride` tokens
     assert spans[-1][-1][1] == len(long)  # the last window reaches the end of the text
+
+
+def test_each_batch_knows_the_rows_its_length_allows():
+    """The batch fill's denominator: max_batch, or fewer where the token cap allows fewer."""
+    ws = [window(10), window(10), window(10), window(50), window(300)]
+    batches = list(length_batches(ws, 4, 100))
+    assert batches == [[0, 1, 2], [3], [4]]
+    assert [b.capacity for b in batches] == [4, 2, 1]  # 100 // 10 = 10 > 4; 100 // 50; one alone
+
+
+def test_forward_passes_report_their_fill_inside_an_inference_call(monkeypatch):
+    """One value per pass, rows over capacity, to the inference thread; a warm-up's own
+    batches (plain lists) and calls outside an `infer` call report nothing."""
+    import torch
+
+    from streams.engine import batching
+    from streams.engine.thread import InferenceThread
+
+    runner = InferenceThread("test-fill-forward")
+    fills: list = []
+    runner.on_batch_fill = lambda fill, engine: fills.append((fill, engine))
+    monkeypatch.setattr(batching, "inference_thread", runner)
+    ws = [window(4) for _ in range(10)]
+
+    def run(batches):
+        forward = lambda inputs: inputs["input_ids"].float()  # noqa: E731
+        return [b for b, _ in batching.forward_batches(ws, batches, forward, 0, torch.device("cpu"))]
+
+    assert runner.infer(run, length_batches(ws, 4, 1000)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert fills == [(1.0, "encoder"), (1.0, "encoder"), (0.5, "encoder")]
+    fills.clear()
+    runner.infer(run, iter([list(range(10))]))  # warm_up_forward's batches
+    runner.call(run, length_batches(ws, 4, 1000))  # warm-up: `call`, not `infer`
+    assert fills == []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
+from bench import corpus
 from streams.engine import EncoderEngine, Entity, LabelSet
 from streams.engine.ner import merge_adjacent
 from streams.samples import texts as sample_texts
@@ -15,14 +16,17 @@ pytestmark = pytest.mark.models
 
 @pytest.fixture(scope="module")
 def engine(model_cache) -> EncoderEngine:
-    return EncoderEngine.load(cache_dir=model_cache, device="cpu", max_batch=8)
+    # fp32: these compare the batching with the pipeline, not precisions (test_precision.py)
+    return EncoderEngine.load(cache_dir=model_cache, device="cpu", max_batch=8, precision="fp32")
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     samples = sample_texts(24)
     longs = [" ".join(samples[i : i + 12]) * 4 + " Please call Robert Jones in Boston." for i in (0, 6, 12)]
-    return samples + longs  # 24 short texts and 3 of ~8,000 characters (several windows)
+    # 24 short texts, 3 of ~8,000 characters (several windows), 48 generated tickets (names,
+    # emails, phones and addresses in running text)
+    return samples + longs + corpus.texts(48, seed=11)
 
 
 def test_entities_equal_the_pipeline_per_text(engine, texts):

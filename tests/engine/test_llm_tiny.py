@@ -84,6 +84,28 @@ def test_continuous_batching_refills_finished_rows_within_the_limits(tiny_dir):
     assert [key(r) for r in results] == [key(two.generate([t], "tickets")[0]) for t in TEXTS]
 
 
+def test_a_generation_pass_reports_one_batch_fill_inside_an_inference_call(llm, monkeypatch):
+    """The mean of the pass's rows per decoding step over the rows a step may hold: one value
+    per pass, nothing per token; none from a call outside `infer` (the warm-up's)."""
+    from streams.engine import llm as llm_module
+    from streams.engine.thread import InferenceThread
+
+    runner = InferenceThread("test-llm-fill")
+    fills: list = []
+    runner.on_batch_fill = lambda fill, engine: fills.append((fill, engine))
+    monkeypatch.setattr(llm_module, "inference_thread", runner)
+    runner.call(llm.generate, TEXTS[:3], "tickets")
+    assert fills == []
+    runner.infer(llm.generate, TEXTS[:3], "tickets")
+    stats = llm.last_pass
+    limit = llm.rows_per_step(len(llm.tasks["tickets"].prefix_ids),
+                              max(len(p) for p in llm.prompt_ids("tickets", TEXTS[:3])), llm.max_new_tokens)
+    assert fills[-1] == (pytest.approx(stats["row_steps"] / (stats["steps"] * limit)), "llm")
+    assert all(engine == "llm" and 0 < fill <= 1 for fill, engine in fills)
+    assert len(fills) <= 2  # one per pass: the first, and the retry of outputs cut off, if any
+    assert fills[0][0] <= 3 / 4  # 3 texts in places for 4: never full
+
+
 def test_rows_per_step_respects_the_token_budget(llm):
     small = LLMEngine.__new__(LLMEngine)
     small.max_batch, small.max_tokens = 8, 100

@@ -52,4 +52,4 @@ def test_agreement_counts_labels_exact_spans_and_f1():
     assert a["entities_exact"] == 0.5
     # truth 4 spans, found 4 of which 3 right: tp 3, one missed + two wrong -> 2*3 / (6 + 3)
     assert a["entities_f1"] == pytest.approx(6 / 9)
-    assert agreement(full, full) == {"labels": 1.0, "entities_exact": 1.0, "entities_f1": 1.0}
+    assert agreement(full, full) == {"labels": 1.0, "entities_exact": 1.0, "entities_f1": 1.0, "texts": 4}

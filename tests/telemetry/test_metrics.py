@@ -3,6 +3,7 @@ the Prometheus text exposition."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -186,3 +187,127 @@ def test_latency_of_a_large_batch_is_sampled_by_quantiles(runtime, settings, cap
     assert latency_samples(values[:32]) == values[:32]
     sampled = latency_samples(values)
     assert len(sampled) == 32 and sampled[0] == 0.0 and sampled[-1] == 99.0 and sampled == sorted(sampled)
+
+
+# The engine's duty cycle, batch fill and the queue ahead of it.
+
+def test_busy_seconds_and_duty_cycle_are_read_from_the_inference_thread(captured):
+    """While a call runs the engine is busy all the time (duty cycle ~1); once it returned and
+    the thread idles, the next collection's duty cycle is ~0; the counter never falls."""
+    import threading
+
+    from streams.engine.thread import InferenceThread
+
+    runner = InferenceThread("test-duty")
+    started, release = threading.Event(), threading.Event()
+    caller = threading.Thread(target=runner.infer, args=(lambda: (started.set(), release.wait()),))
+    caller.start()
+    try:
+        assert started.wait(10)
+        captured.telemetry.metrics.watch_engine(runner)
+        time.sleep(0.2)
+        found = points(captured.metrics)
+    finally:
+        release.set()
+        caller.join()
+    (duty,) = found["streams.engine.duty_cycle"]
+    assert duty.value == pytest.approx(1.0, abs=0.05)
+    (busy,) = found["streams.engine.busy"]
+    assert busy.value >= 0.2 and busy.attributes == {}  # one engine per process: no topic
+    time.sleep(0.2)
+    found = points(captured.metrics)
+    assert found["streams.engine.duty_cycle"][0].value < 0.5
+    assert busy.value <= found["streams.engine.busy"][0].value == pytest.approx(runner.busy_seconds())
+
+
+def test_batch_fill_is_recorded_per_forward_pass_by_engine(captured):
+    from streams.engine.thread import InferenceThread
+
+    runner = InferenceThread("test-fill-metric")
+    captured.telemetry.metrics.watch_engine(runner)
+    runner.infer(lambda: [runner.batch_filled(rows, capacity, "encoder") for rows, capacity in [(32, 32), (16, 32), (3, 4)]])
+    runner.infer(runner.batch_filled, 6, 16, "llm")
+    fills = by_attrs(points(captured.metrics)["streams.engine.batch_fill"], "streams.engine")
+    encoder, llm = fills[("encoder",)], fills[("llm",)]
+    assert (encoder.count, encoder.sum, encoder.min, encoder.max) == (3, 2.25, 0.5, 1.0)
+    assert (llm.count, llm.sum) == (1, 0.375)
+    text = captured.telemetry.prometheus_text()[0].decode()
+    assert 'streams_engine_batch_fill_bucket{le="0.5",' in text and "streams_engine_busy_seconds_total{" in text
+
+
+class QueueSampling:
+    """Stands in for the engine: reads the queue depth at each group it is given."""
+
+    runs_models = False
+
+    def __init__(self, engine, reader, fail: bool = False):
+        self.engine, self.reader, self.fail, self.seen = engine, reader, fail, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def infer(self, texts, labels, topic=None):
+        self.seen.append(queue_depth(self.reader))
+        if self.fail:
+            raise RuntimeError("the engine broke")
+        return self.engine.infer(texts, labels, topic)
+
+
+def queue_depth(reader) -> dict:
+    return {p.attributes[D]: p.value for p in points(reader).get("streams.engine.queue_depth", [])}
+
+
+def queue_batch() -> list:
+    """40 events (groups of 32 and 8 with outputs emitted), a tombstone and an undecodable record."""
+    return [record(i, event(f"w{i}")) for i in range(40)] + [record(40, None), record(41, b"x")]
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_queue_depth_holds_the_events_not_yet_given_to_the_engine(runtime, settings, captured,
+                                                                  monkeypatch, queued):
+    """The second group waits while the first is inferred; then nothing waits. `queued`: the
+    source counted the whole batch when it took it (tombstones and bad records included)."""
+    sampling = QueueSampling(runtime.engine, captured.metrics)
+    monkeypatch.setattr(runtime, "engine", sampling)
+    if queued:
+        captured.telemetry.add_queued(42, TOPIC)
+    enrich_records(runtime, settings.route(TOPIC), queue_batch(), emit=lambda out: None, queued=queued)
+    assert sampling.seen == [{TOPIC: 8}, {TOPIC: 0}]
+    assert queue_depth(captured.metrics) == {TOPIC: 0}
+
+
+def test_queue_depth_returns_to_zero_when_the_batch_fails(runtime, settings, captured, monkeypatch):
+    """An engine broken on every input (the probe fails too): the batch is retried whole, so
+    none of its events is left counted as waiting."""
+    from streams.errors import RetriableError
+
+    monkeypatch.setattr(runtime, "engine", QueueSampling(runtime.engine, captured.metrics, fail=True))
+    captured.telemetry.add_queued(42, TOPIC)
+    with pytest.raises(RetriableError):
+        enrich_records(runtime, settings.route(TOPIC), queue_batch(), emit=lambda out: None, queued=True)
+    assert queue_depth(captured.metrics) == {TOPIC: 0}
+
+
+def test_a_topic_waits_in_the_queue_while_another_topic_of_the_batch_is_inferred(runtime, captured,
+                                                                                monkeypatch):
+    """The worker's BatchProcessor counts every topic of a batch when it takes it."""
+    import threading
+
+    from streams.source.base import BatchProcessor, ConsumerState
+
+    class Acks(NoProducer):
+        def send(self, records):
+            pass
+
+        def deliver(self, records, timeout=None, *, sent=False):
+            return []
+
+    sampling = QueueSampling(runtime.engine, captured.metrics)
+    monkeypatch.setattr(runtime, "engine", sampling)
+    monkeypatch.setattr(runtime, "producer", Acks())
+    other = "support.tickets"
+    batch = [record(i, event(f"t{i}")) for i in range(3)] + \
+        [dataclasses.replace(record(i, event(f"s{i}")), topic=other) for i in range(5)]
+    BatchProcessor(runtime, ConsumerState(), lambda records: True, threading.Event()).process(batch)
+    assert sampling.seen == [{TOPIC: 0, other: 5}, {TOPIC: 0, other: 0}]
+    assert queue_depth(captured.metrics) == {TOPIC: 0, other: 0}
