@@ -164,7 +164,7 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
             checked = {name: corpus_texts(name, VERDICT_TEXTS) if name == "tickets" else t
                        for name, t in texts.items()}
             results["precision"] = bench_precision(settings, checked, labels, settings.model_batch)
-        reference = ReferenceModels(settings.model_cache, SUPPORT_TICKET_LABELS)
+        reference = ReferenceModels.built_in(settings.model_cache, SUPPORT_TICKET_LABELS)
         for name, target in by_corpus.items():
             _run_throughput(target, engine, reference, settings, texts[name], labels, n_stream, out,
                             traced and name == "samples", rounds, name)

@@ -43,7 +43,12 @@ def random_model(kind: str, src: Path, dest: Path) -> Path:
     return dest
 
 
-def texts(n: int) -> list[str]:
+def texts(n: int, corpus: str = "samples") -> list[str]:
+    """`n` texts: the support-ticket samples, or generated tickets (bench/corpus.py)."""
+    if corpus == "tickets":
+        from bench import corpus as generated
+
+        return generated.texts(n)
     from streams import samples
 
     return samples.texts(n, "support.tickets")
@@ -59,10 +64,20 @@ def bench_encoder(device: str, tmp: Path, n: int) -> None:
     engine = EncoderEngine.load(str(ner), str(enc), cache_dir=tmp, device=device, max_batch=64)
     labels = LabelSet.from_mapping(SUPPORT_TICKET_LABELS)
     engine.warm_up()
-    batch = texts(n)
-    for size in (256, 64, 1):
-        rate = bench_engine(engine, batch if size > 1 else batch[:64], labels, size)
-        emit(run="encoder engine", batch=size, events_per_s=round(rate, 1), dtype=str(engine.extractor.model.dtype))
+    from bench.encoder import bench_reference
+    from bench.reference import ReferenceModels
+
+    reference = ReferenceModels(ner, enc, SUPPORT_TICKET_LABELS, device=device)
+    for corpus in ("tickets", "samples"):
+        batch = texts(n, corpus)
+        for size in (256, 64, 1):
+            rate = bench_engine(engine, batch if size > 1 else batch[:64], labels, size)
+            emit(run="encoder engine", corpus=corpus, batch=size, events_per_s=round(rate, 1),
+                 dtype=str(engine.extractor.model.dtype))
+        engine_rate = bench_engine(engine, batch, labels, 32)
+        ref_rate = bench_reference(reference, batch, 32)
+        emit(run="reference (NER pipeline + MiniLM forward, 32)", corpus=corpus, events_per_s=round(ref_rate, 1),
+             engine_32_events_per_s=round(engine_rate, 1), engine_over_reference=round(engine_rate / ref_rate, 2))
 
 
 def bench_llm(device: str, tmp: Path, n: int, cap: int, rows: int) -> None:

@@ -27,7 +27,6 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from confluent_kafka import Consumer, Producer  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, pipeline  # noqa: E402
 
 from streams.engine.loading import resolve_model  # noqa: E402
@@ -40,11 +39,9 @@ BATCH = 32
 class ReferenceModels:
     """The two models as a first version calls them: the NER pipeline, MiniLM's forward pass."""
 
-    def __init__(self, cache: Path, labels: dict[str, str], device: str | None = None):
+    def __init__(self, ner_dir: Path, minilm_dir: Path, labels: dict[str, str], device: str | None = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        ner_dir, _ = resolve_model("rampart", "entities", cache)  # the worker's models, same files
-        minilm_dir, _ = resolve_model("all-minilm-l6-v2", "classification", cache)
         self.ner = pipeline("token-classification", model=str(ner_dir), aggregation_strategy="first",
                             device=device, dtype=dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
@@ -52,6 +49,13 @@ class ReferenceModels:
         self.device = device
         self.labels = list(labels)
         self.label_vectors = self.embed(list(labels.values()))
+
+    @classmethod
+    def built_in(cls, cache: Path, labels: dict[str, str]) -> "ReferenceModels":
+        """The worker's default models, the same files."""
+        ner_dir, _ = resolve_model("rampart", "entities", cache)
+        minilm_dir, _ = resolve_model("all-minilm-l6-v2", "classification", cache)
+        return cls(ner_dir, minilm_dir, labels)
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -71,8 +75,10 @@ class ReferenceModels:
 
 
 def main() -> None:
+    from confluent_kafka import Consumer, Producer  # here: the GPU bench imports this module without it
+
     settings = Settings()
-    models = ReferenceModels(settings.model_cache, SUPPORT_TICKET_LABELS)
+    models = ReferenceModels.built_in(settings.model_cache, SUPPORT_TICKET_LABELS)
     bootstrap = settings.kafka_bootstrap
     consumer = Consumer({"bootstrap.servers": bootstrap,
                          "group.id": settings.app_id if "app_id" in settings.model_fields_set else "reference",

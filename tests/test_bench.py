@@ -237,3 +237,21 @@ def test_check_holds_every_corpus_to_the_bounds():
     assert check(ok | {"tickets": ok}, bounds) == []
     assert check(ok | {"tickets": {"ratios": {"from_launch/reference": 1.1}}}, bounds) == [
         "tickets: from_launch/reference = 1.10 < 1.3"]
+
+
+def test_the_generated_tickets_are_realistic_deterministic_and_all_different():
+    from bench import corpus
+
+    tickets = corpus.tickets(1200)
+    assert [t.text for t in tickets[:50]] == corpus.texts(50)  # the same for the same seed
+    assert corpus.texts(50, seed=1) != corpus.texts(50)
+    assert len({t.text for t in tickets}) == 1200
+    assert all(150 <= len(t.text) <= 340 for t in tickets)
+    assert {t.topic for t in tickets} == set(corpus.BODIES)
+    for t in tickets:  # every recorded span is the personal data written there
+        for label, start, end in t.pii:
+            assert t.text[start:end].strip() == t.text[start:end] != ""
+    kinds = {label for t in tickets for label, _, _ in t.pii}
+    assert {"GIVEN_NAME", "SURNAME", "EMAIL", "PHONE", "STREET_NAME", "CITY", "ZIP_CODE"} <= kinds
+    with_pii = sum(bool(t.pii) for t in tickets) / len(tickets)
+    assert with_pii > 0.8  # most support tickets carry a name or a contact
