@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import samples
-from .settings import ORDER_NOTE_LABELS, SUPPORT_TICKET_LABELS, Settings
+from .settings import LLM_DEMO_TOPICS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
@@ -59,7 +59,7 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
     unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
     _use_configured_allocator()
-    settings = Settings()
+    settings = _settings()
     from .telemetry import configure_logging, logging_config
 
     loglevel = (loglevel or settings.log_level).upper()
@@ -89,6 +89,19 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
             raise
         faust_app.early_consumer = early
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def _settings() -> Settings:
+    """The settings, or exit 2 with what is wrong: never a traceback, and never a value (a
+    password or the redaction key); the messages name the variables."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        _fail("invalid settings: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False, include_context=False)))
 
 
 def _load_in_background(settings: Settings):
@@ -137,7 +150,7 @@ def _use_configured_allocator() -> None:
     from .allocator import AllocatorError, ensure_allocator
 
     try:
-        ensure_allocator(Settings().allocator)
+        ensure_allocator(_settings().allocator)
     except AllocatorError as exc:
         _fail(str(exc))
 
@@ -226,7 +239,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 
 
 def _show(topic: str, record: dict, as_json: bool = False) -> None:
-    """One line per event: JSON (`--json`), or id, topic, label (score), entities, fields."""
+    """One line per event: JSON (`--json`), or id, topic, label (score), entities, the redacted
+    text (topics with a redaction policy), fields (each with the LLM's confidence in it, where
+    the record has one)."""
     if as_json:
         print(json.dumps({"topic": topic, **record}, default=str, ensure_ascii=False), flush=True)
         return
@@ -238,9 +253,14 @@ def _show(topic: str, record: dict, as_json: bool = False) -> None:
     ents = ", ".join(f"{_text(e['label'])}={_text(repr(e['text']))}" for e in record["entities"]) or "-"
     line = (f"[bold]{_text(record['event_id'])}[/] [dim]{_text(topic)}[/] "
             f"[cyan]{_text(cls['label'])}[/] ({cls['score']:.2f})  entities: {ents}")
+    if record.get("redacted_text") is not None:
+        line += f"  redacted: {_text(repr(record['redacted_text']))}"
     fields = record.get("fields")  # the topic's typed fields, when it declares them (LLM)
     if fields:
-        line += "  fields: " + ", ".join(f"{_text(k)}={_text(repr(v))}" for k, v in fields.items())
+        confidence = record.get("field_confidence") or {}
+        line += "  fields: " + ", ".join(
+            f"{_text(k)}={_text(repr(v))}" + (f" ({confidence[k]:.2f})" if k in confidence else "")
+            for k, v in fields.items())
     console.print(line)
 
 
@@ -332,13 +352,44 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         console.print("stopped worker and broker")
 
 
-# `streams demo --llm`: support tickets take their label and typed fields from the LLM, their
-# entities from the encoder NER (exact offsets, cheap); order notes stay on the encoder models.
-LLM_DEMO_TOPICS = [
-    {"input": "support.tickets", "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
-     "fields": "SupportTicketFields"},
-    {"input": "orders.notes", "labels": ORDER_NOTE_LABELS},
-]
+@app.command("eval")
+def eval_(
+    engine: str = typer.Option("encoder", help="encoder: labels and entities from the encoder models; "
+                               "llm: support tickets labelled and typed by the LLM (as demo --llm)"),
+    llm_entities: bool = typer.Option(False, "--llm-entities", help="with --engine llm: the tickets' "
+                                      "entities from the LLM too (default: the encoder NER)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write every figure to this file"),
+    data: Optional[Path] = typer.Option(None, help="a labelled JSONL file; default: the bundled set"),
+    limit: int = typer.Option(0, help="only the first N events of each topic (0: all)"),
+) -> None:
+    """Measure the engines on the hand-labelled set, in process (no Kafka): label accuracy,
+    typed-field precision/recall, grounding, entity F1, calibration (docs/accuracy.md)."""
+    from . import eval as evaluation
+    from .engine import ModelLoadError
+
+    if engine not in evaluation.ENGINES:
+        _fail(f"--engine {engine!r}: use one of {', '.join(evaluation.ENGINES)}")
+    if llm_entities and engine != "llm":
+        _fail("--llm-entities goes with --engine llm")
+
+    progress_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+    def progress(topic: str, done: int, total: int) -> None:
+        progress_console.print(f"[dim]{_text(topic)}: {done}/{total} events[/]")
+
+    try:
+        report = evaluation.evaluate(engine, llm_entities=llm_entities, data=data, limit=limit,
+                                     progress=progress)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    for table in evaluation.tables(report):
+        console.print(table)
+    failures = ", ".join(f"{n} {reason}" for reason, n in report["failures"].items())
+    console.print(f"{report['events']} events on {report['device']}; engine failed on: {failures or 'none'}; "
+                  f"models loaded in {report['load_seconds']}s, inference {report['infer_seconds']}s")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        console.print(f"figures written to {_text(json_path)}")
 
 
 @app.command()
@@ -369,16 +420,18 @@ def bench(ctx: typer.Context) -> None:
     The bench/ of a source checkout, with the bench extra (= python -m bench; --help: its options)."""
     if "--help" not in ctx.args:
         _use_configured_allocator()  # the engine runs measured here on the worker's allocator
-    _bench_cli().main(ctx.args, prog_name="streams bench")
+    _bench_module("cli").main(ctx.args, prog_name="streams bench")
 
 
-def _bench_cli():
-    """bench/cli.py, imported only here: the service depends on nothing in bench/. A checkout's
-    bench/ sits beside this package (an editable install runs from there)."""
+def _bench_module(name: str):
+    """bench/<name>.py, imported only when a bench command runs: the service depends on nothing
+    in bench/. A checkout's bench/ sits beside this package (an editable install runs from there)."""
+    from importlib import import_module
+
     from .settings import REPO_ROOT
 
     try:
-        import bench.cli
+        return import_module(f"bench.{name}")
     except ModuleNotFoundError as exc:
         if exc.name != "bench":
             _fail(f"streams bench: {exc.name} is missing: pip install -e '.\\[bench]' in the checkout")
@@ -387,8 +440,40 @@ def _bench_cli():
                   "lacks (the service image ships without it): in a checkout, pip install -e "
                   "'.\\[bench]', then streams bench or python -m bench")
         sys.path.insert(0, str(REPO_ROOT))
-        import bench.cli
-    return bench.cli
+        return import_module(f"bench.{name}")
+
+
+@app.command("redaction-recall")
+def redaction_recall(
+    n: int = typer.Option(240, help="generated texts (bench/pii_corpus.py)"),
+    seed: int = typer.Option(28, help="the generator's seed"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this file"),
+) -> None:
+    """Run the configured entity model and redaction on labelled generated texts and print, per
+    entity type, the share of its characters left readable in the redacted text (docs/redaction.md).
+    In process, no Kafka; needs a source checkout (bench/)."""
+    from rich.table import Table
+
+    from .engine import ModelLoadError
+
+    try:
+        report = _bench_module("redaction_recall").run(n, seed)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    table = Table(title=f"redaction recall: {report['model']} on {report['texts']} texts (seed {seed}), "
+                        f"{report['device']}; labelled characters left readable, and values left whole")
+    # Short headers: the table fits 80 columns (a pipe); the title says what they are.
+    for col in ("type", "values", "chars", "left", "share left", "values whole"):
+        table.add_column(col, justify="left" if col == "type" else "right", no_wrap=True)
+    for row in [*report["types"], report["all"]]:
+        table.add_row(row["label"], str(row["values"]), str(row["chars"]), str(row["chars_left"]),
+                      f"{row['left_share']:.1%}", str(row["values_whole"]))
+    console.print(table)
+    share = report["other_chars_redacted"] / max(report["other_chars"], 1)
+    console.print(f"characters that are not personal data but were redacted: {report['other_chars_redacted']} "
+                  f"of {report['other_chars']} ({share:.1%}); NER {report['ner_seconds']}s")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _parse_time(value: str | None):

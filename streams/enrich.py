@@ -4,6 +4,7 @@ serde/registry.py). Knows nothing of Kafka clients."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -20,7 +21,7 @@ class SourceRecord:
 
 
 def enriched_record(event: InputEvent, inference: Inference, source: SourceRecord,
-                    models: list[ModelInfo], inference_ms: float) -> dict:
+                    models: list[ModelInfo], inference_ms: float, redacted_text: str | None = None) -> dict:
     return {
         "event_id": event.event_id,
         "event_type": event.event_type,
@@ -40,6 +41,20 @@ def enriched_record(event: InputEvent, inference: Inference, source: SourceRecor
         "models": [{"task": m.task, "name": m.name, "version": m.version} for m in models],
         "processed_at": datetime.now(timezone.utc),
         "inference_ms": float(inference_ms),
-        # Typed fields (topics with a field record; the plain schema ignores the key).
+        # Typed fields (topics with a field record; the plain schema ignores the key) and the
+        # LLM's confidence in each.
+        "field_confidence": inference.field_confidence,
+        # The text with personal data redacted (routes with a redaction policy; else null).
+        "redacted_text": redacted_text,
         "fields": inference.fields,
     }
+
+
+def redacted_copy(event: InputEvent, redacted_text: str, original: bytes, topic: str, catalog) -> bytes:
+    """The input event again with its text redacted, in the input's own format: Confluent Avro
+    (InputEvent, under `topic`'s subject) when the input was Avro, else JSON. Only the contract's
+    fields are written; keys the input schema does not know are left out, as they may hold
+    personal data nobody has looked at."""
+    if original[:1] == b"\x00":
+        return catalog.encode_copy(event.model_dump() | {"text": redacted_text}, topic)
+    return json.dumps(event.model_dump(mode="json") | {"text": redacted_text}, ensure_ascii=False).encode()

@@ -139,7 +139,7 @@ def is_undecodable(m, err: KafkaError) -> bool:
 
 
 def all_topics(settings: Settings) -> list[str]:
-    return [t for r in settings.topics for t in (r.input, r.output, r.dlq)]
+    return [t for r in settings.topics for t in (r.input, *r.produces)]
 
 
 def ensure_topics(settings: Settings, topics: list[str] | None = None, timeout: float = 15.0) -> list[str]:
@@ -170,7 +170,7 @@ def ensure_output_topics(settings: Settings, timeout: float = 15.0) -> None:
     STREAMS_CREATE_TOPICS=true); on a real cluster a missing one stops the worker with a message
     (a platform team creates topics with its own partitions, replication and ACLs). Input topics
     are never created: a missing one is only reported (the subscription picks it up later)."""
-    outputs = [t for r in settings.topics for t in (r.output, r.dlq)]
+    outputs = [t for r in settings.topics for t in r.produces]
     existing = set(admin(settings).list_topics(timeout=timeout).topics)
     absent_inputs = [r.input for r in settings.topics if r.input not in existing]
     if absent_inputs:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .dlq import dead_letter, no_headers
-from .enrich import SourceRecord, enriched_record
+from .enrich import SourceRecord, enriched_record, redacted_copy
 from .errors import FatalError, RetriableError, describe, sanitize
 from .produce import record_size
 from .records import InRecord, OutRecord
@@ -164,9 +164,12 @@ class _Batch:
 
     def encode(self, group: list[Decoded], inferred: list, inference_ms: float) -> None:
         """Each event's enriched record, Avro-encoded, sized for the producer, settled; an event
-        the engine failed on, or whose record cannot be encoded or sent, as a dead letter."""
+        the engine failed on, or whose record cannot be encoded or sent, as a dead letter. A
+        redacting route's record carries the redacted text, and with a copy topic the event
+        settles as two records (enriched, redacted copy), committed only once both are acked."""
         runtime, route, trace, more = self.runtime, self.route, self.trace, self.more
         producer, models = runtime.producer, runtime.models[route.input]
+        redactor = runtime.redactors.get(route.input)
         order, result = self.order, self.result
         for (i, rec, event), inference in zip(group, inferred):
             if isinstance(inference, InferenceFailure):
@@ -174,9 +177,13 @@ class _Batch:
                           inference.exc)
                 continue
             source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
+            copy = None
             try:
+                redacted = None if redactor is None else redactor.redact(event.text, inference.entities)
                 value = runtime.catalog.encode_enriched(
-                    enriched_record(event, inference, source, models, inference_ms), route.output)
+                    enriched_record(event, inference, source, models, inference_ms, redacted), route.output)
+                if redacted is not None and route.copy_topic:
+                    copy = redacted_copy(event, redacted, rec.value, route.copy_topic, runtime.catalog)
             except (RetriableError, FatalError):
                 raise  # the registry, not the record: waited for or fatal (serde.registry_failure)
             except Exception as exc:  # noqa: BLE001
@@ -187,12 +194,16 @@ class _Batch:
                 headers = [*rec.headers, *more(rec)]
             else:  # this worker's context replaces the producer's: subscribers continue the trace
                 headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
-            out = OutRecord(route.output, key, value, headers, "output", rec)
-            if not producer.fits(out):  # sized before producing: librdkafka would refuse it
-                self.dead(i, rec, "output_too_large", f"the enriched record would be {record_size(out)} "
+            outs = [OutRecord(route.output, key, value, headers, "output", rec)]
+            if copy is not None:
+                outs.append(OutRecord(route.copy_topic, key, copy, headers, "copy", rec))
+            large = next((o for o in outs if not producer.fits(o)), None)
+            if large is not None:  # sized before producing: librdkafka would refuse it
+                what = "enriched record" if large.kind == "output" else "redacted copy"
+                self.dead(i, rec, "output_too_large", f"the {what} would be {record_size(large)} "
                           f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge")
                 continue
-            order.settle(i, out)
+            order.settle(i, outs if copy is not None else outs[0])
             result.enriched += 1
 
     def dead(self, i: int, rec: InRecord, reason: str, message: str, error_class: str,
@@ -257,7 +268,9 @@ class InOrder:
             self._queues.setdefault(rec.partition, []).append(i)
         self._next = dict.fromkeys(self._queues, 0)
 
-    def settle(self, i: int, outcome: OutRecord | None) -> None:
+    def settle(self, i: int, outcome: OutRecord | list[OutRecord] | None) -> None:
+        """A record's outcome: one record, several (the enriched record and its redacted copy,
+        released together), or None."""
         self._outcomes[i] = outcome
 
     def release(self) -> list[OutRecord]:
@@ -267,7 +280,9 @@ class InOrder:
             n = self._next[partition]
             while n < len(queue) and self._outcomes[queue[n]] is not _PENDING:
                 outcome = self._outcomes[queue[n]]
-                if outcome is not None:
+                if isinstance(outcome, list):
+                    out.extend(outcome)
+                elif outcome is not None:
                     out.append(outcome)
                 n += 1
             self._next[partition] = n

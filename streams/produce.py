@@ -175,10 +175,12 @@ def deliver(producer: AckingProducer, out: list[OutRecord], timeout: float | Non
         again = []
         for record, why in rejected:
             rec = record.source
-            if record.kind == "output":
-                log.warning("the broker refused the enriched record of %s[%d]@%d (%s); dead-lettering it",
-                            rec.topic, rec.partition, rec.offset, why)
-                again.append(dead_letter(rec, dlq_topic(rec.topic), "output_rejected", why, "KafkaError",
+            if record.kind in ("output", "copy"):  # the enriched record, or its redacted copy
+                what, reason = (("enriched record", "output_rejected") if record.kind == "output"
+                                else ("redacted copy", "copy_rejected"))
+                log.warning("the broker refused the %s of %s[%d]@%d (%s); dead-lettering it",
+                            what, rec.topic, rec.partition, rec.offset, why)
+                again.append(dead_letter(rec, dlq_topic(rec.topic), reason, why, "KafkaError",
                                          worker_id=worker_id, fits=producer.fits))
             elif record.kind == "dlq":
                 log.warning("the broker refused the dead letter of %s[%d]@%d (%s); sending it without "

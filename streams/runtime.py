@@ -66,6 +66,8 @@ class Runtime:
         # some take their label or entities from the LLM).
         self.models = {r.input: engine.models_for(r.input) for r in settings.topics}
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        # Per input topic with a redaction policy, its redactor (the pseudonym key inside).
+        self.redactors = settings.redactors()
 
     @classmethod
     def load(cls, settings: Settings, *, telemetry: Telemetry | None = None,
@@ -199,7 +201,7 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engi
     """The engines the configured topics need: the encoder models when a topic takes its
     entities or label from them, the LLM when one takes anything from it (each topic's grammar
     and prompt prepared here, at start-up, from the JSON Schema of its field record). `telemetry`
-    counts the LLM's dropped spans."""
+    counts the LLM's dropped spans and ungrounded values."""
     from .engine import EncoderEngine  # torch: imported when the models load, not with the app
     from .engine.llm import LLMTask
     from .engine.topics import TopicEngines, TopicPlan
@@ -245,10 +247,13 @@ def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides
                    max_batch=settings.llm_batch, max_tokens=settings.llm_max_tokens_per_pass,
                    few_shot=settings.llm_few_shot, prefix_cache=settings.llm_prefix_cache,
                    max_string_chars=settings.llm_max_string_chars or None,
+                   max_entities=settings.llm_max_entities or None,
+                   max_entity_chars=settings.llm_max_entity_chars or None,
                    max_input_tokens=settings.llm_max_input_tokens)
     if settings.llm_examples_dir is not None:
         options["examples_dir"] = settings.llm_examples_dir
     if telemetry is not None:
         options["on_dropped_spans"] = telemetry.metrics.record_llm_dropped_spans
+        options["on_ungrounded"] = telemetry.metrics.record_llm_ungrounded_value
     options.update(overrides)
     return LLMEngine.load(settings.llm_model, cache_dir=settings.model_cache, **options)

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .redact import KEY_ID, MIN_KEY_BYTES, Pseudonymizer, RedactionPolicy, Redactor
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SUPPORT_TICKET_LABELS = {
@@ -45,6 +47,16 @@ ORDER_NOTE_LABELS = {
 }
 
 
+# `streams demo --llm` and `streams eval --engine llm`: support tickets take their label and typed
+# fields from the LLM, their entities from the encoder NER (exact offsets, cheap); order notes
+# stay on the encoder models.
+LLM_DEMO_TOPICS = [
+    {"input": "support.tickets", "labels": SUPPORT_TICKET_LABELS, "label_from": "llm",
+     "fields": "SupportTicketFields"},
+    {"input": "orders.notes", "labels": ORDER_NOTE_LABELS},
+]
+
+
 class TopicRoute(BaseModel):
     """One input topic, where its enriched and dead-lettered records go, and its labels."""
 
@@ -58,6 +70,9 @@ class TopicRoute(BaseModel):
     # Typed fields only a generative model produces: the name of an Avro record in
     # `schemas/fields/<name>.avsc`; the enriched event of this topic carries it typed.
     fields: str | None = None
+    # Personal data redacted from the text (streams/redact.py, docs/redaction.md): the enriched
+    # record carries `redacted_text`, and `redact.copy_topic` gets a redacted copy of the input.
+    redact: RedactionPolicy | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> "TopicRoute":
@@ -65,10 +80,26 @@ class TopicRoute(BaseModel):
         self.dlq = self.dlq or f"{self.input}.dlq"
         return self
 
+    @property
+    def copy_topic(self) -> str | None:
+        """Where the redacted copy of each input event goes, if anywhere."""
+        return self.redact.copy_topic if self.redact is not None else None
+
+    @property
+    def produces(self) -> list[str]:
+        """Every topic the worker writes for this route: output, DLQ, redacted copy."""
+        return [self.output, self.dlq, *([self.copy_topic] if self.copy_topic else [])]
+
+
+# The support tickets' default: every entity type replaced by its type (`<EMAIL>`), which needs
+# no key; a deployment that wants linkable pseudonyms sets its own policy and a key.
+SUPPORT_TICKET_REDACTION = RedactionPolicy()
+
 
 def default_routes() -> list[TopicRoute]:
     return [TopicRoute(input="orders.notes", labels=ORDER_NOTE_LABELS),
-            TopicRoute(input="support.tickets", labels=SUPPORT_TICKET_LABELS)]
+            TopicRoute(input="support.tickets", labels=SUPPORT_TICKET_LABELS,
+                       redact=SUPPORT_TICKET_REDACTION)]
 
 
 class Settings(BaseSettings):
@@ -185,6 +216,10 @@ class Settings(BaseSettings):
     llm_max_string_chars: int = Field(120, ge=0, description="maxLength of every free-text string the "
                                       "LLM writes (string fields, entity texts) unless the field "
                                       "record sets its own \"maxLength\"; 0: no cap")
+    llm_max_entities: int = Field(8, ge=0, description="most entities the LLM may list per text "
+                                  "(entities_from: llm; the grammar closes the list); 0: no cap")
+    llm_max_entity_chars: int = Field(64, ge=0, description="maxLength of an entity text the LLM "
+                                      "writes; 0: llm_max_string_chars")
     llm_batch: int = Field(16, ge=1, description="rows decoded together (continuous batching: a "
                                                 "finished row is replaced by the next text)")
     llm_max_tokens_per_pass: int = Field(16384, ge=256, description="cap on (prompt + new) tokens x "
@@ -240,6 +275,41 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="root log level; event text is never logged at INFO")
 
     max_text_bytes: int = Field(100_000, description="larger input values go to the DLQ")
+
+    # The pseudonym operator's secret (docs/redaction.md): from the environment only (a
+    # Kubernetes Secret in the chart), never printed; required when a route's policy uses it.
+    redaction_key: SecretStr | None = Field(None, description="HMAC-SHA256 key of the pseudonym "
+                                            f"operator, at least {MIN_KEY_BYTES} bytes (e.g. `openssl "
+                                            "rand -base64 32`)")
+    redaction_key_id: str = Field("k1", description="written into every pseudonym (`<EMAIL:k1:...>`); "
+                                  "change it with the key, so tokens of two keys are told apart")
+
+    def redactors(self) -> dict[str, Redactor]:
+        """Each redacting route's redactor, by input topic, the key bound where one is needed."""
+        key = self.redaction_key.get_secret_value().encode() if self.redaction_key else None
+        pseudonymizer = Pseudonymizer(key, self.redaction_key_id) if key else None
+        return {r.input: Redactor(r.redact, pseudonymizer) for r in self.topics if r.redact is not None}
+
+    @model_validator(mode="after")
+    def _redaction(self) -> "Settings":
+        """A pseudonym policy without a key, or a key too short, stops the worker at start-up.
+        The messages name the variable, never its value."""
+        users = [r.input for r in self.topics if r.redact is not None and r.redact.uses_pseudonym]
+        key = self.redaction_key.get_secret_value() if self.redaction_key else ""
+        if users and not key:
+            raise ValueError(f"the redaction policy of {', '.join(users)} uses pseudonym: set "
+                             "STREAMS_REDACTION_KEY (a Kubernetes Secret in the Helm chart)")
+        if key and len(key.encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"STREAMS_REDACTION_KEY must be at least {MIN_KEY_BYTES} bytes "
+                             "(e.g. `openssl rand -base64 32`)")
+        if not KEY_ID.fullmatch(self.redaction_key_id):
+            raise ValueError("STREAMS_REDACTION_KEY_ID must be 1-16 letters, digits, '-' or '_'")
+        copies = [r.copy_topic for r in self.topics if r.copy_topic]
+        taken = {r.input for r in self.topics} | {r.output for r in self.topics} | {r.dlq for r in self.topics}
+        clash = sorted(set(c for c in copies if c in taken or copies.count(c) > 1))
+        if clash:
+            raise ValueError(f"redaction copy topics must be topics of their own: {', '.join(clash)}")
+        return self
 
     @cached_property
     def routes(self) -> dict[str, TopicRoute]:

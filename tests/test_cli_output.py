@@ -9,7 +9,9 @@ import sys
 
 RECORD = {"event_id": "tkt-[bold]1\nsecond line", "classification": {"label": "billing", "score": 0.93},
           "entities": [{"label": "CITY", "text": "San\nDiego"}] * 8,
-          "fields": {"urgency": "high", "summary": "a long summary " * 12}}
+          "redacted_text": "I live in <CITY>,\n[red]really[/red]",
+          "fields": {"urgency": "high", "order_id": None, "summary": "a long summary " * 12},
+          "field_confidence": {"urgency": 0.876, "order_id": 0.5}}
 
 SCRIPT = f"""
 import json, sys
@@ -31,7 +33,11 @@ def test_piped_text_output_is_one_unwrapped_line_per_event():
     assert len(lines) == 2, lines  # not wrapped at 80 columns, newlines in data escaped
     assert len(lines[0]) > 300
     assert lines[0].startswith("tkt-[bold]1\\nsecond line support.tickets.enriched billing (0.93)")
-    assert "CITY='San\\nDiego'" in lines[0] and "urgency='high'" in lines[0]
+    assert "CITY='San\\nDiego'" in lines[0]
+    # The redacted text beside the entities (a redacting route), markup and newlines shown as data.
+    assert "  redacted: 'I live in <CITY>,\\n[red]really[/red]'  fields:" in lines[0]
+    # Each typed field with the LLM's confidence in it; a field without one prints bare.
+    assert "urgency='high' (0.88), order_id=None (0.50), summary='a long summary" in lines[0]
     assert lines[1] == "tkt-2 support.tickets.dlq dead-lettered: llm_truncated"
 
 

@@ -20,7 +20,7 @@ def test_the_docs_table_is_the_code_table():
 def test_every_dlq_reason_the_code_writes_is_in_the_table():
     code = "\n".join(p.read_text() for p in (REPO_ROOT / "streams").rglob("*.py"))
     written = set(re.findall(r'DecodeError\("([a-z_0-9]+)"', code)) | {"undecodable_record", "output_too_large",
-                                                                        "output_rejected", "encode_error",
+                                                                        "output_rejected", "copy_rejected", "encode_error",
                                                                         "inference_error"}
     table = " ".join(detail for *_, detail in ERROR_TABLE)
     assert not [r for r in written if r not in table]

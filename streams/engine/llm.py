@@ -19,6 +19,16 @@ topic's labels and the chosen label's score is exact.
 Entity texts must occur verbatim in the input: their offsets are found in the text; a span that
 does not occur is dropped and counted (`on_dropped_spans`), never invented. An entity's score is
 the geometric mean of the grammar-constrained probabilities of the tokens that wrote its text.
+The entity list has at most `max_entities` items and each text at most `max_entity_chars`
+characters, so a model that keeps listing entities is made to close the list.
+
+A field property marked `x-grounded` (streams/engine/grounding.py) must say what the text says:
+a value the text does not contain becomes null and is counted (`on_ungrounded`). Each typed
+field's confidence is the product of the grammar-constrained probabilities of the tokens that
+wrote its value (the value's probability under the constrained model, along its tokenization),
+not their geometric mean: once a value's first token is chosen the grammar often forces the rest
+with probability 1, which a mean would count as evidence. A nulled field keeps the confidence of
+the value the model wrote.
 
 An output cut off by the token cap gets one retry with `retry_max_new_tokens`; still cut off, it
 is an `LLMTruncated` for that text alone (the pipeline dead-letters it as `llm_truncated`).
@@ -45,6 +55,7 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +63,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .grounding import GROUNDED, grounded
 from .llm_loading import DEFAULT_LLM, choose_llm_dtype, resolve_llm
 from .loading import ModelLoadError, choose_device
 from .thread import inference_thread
@@ -124,6 +136,9 @@ class LLMResult:
     fields: dict | None
     output_tokens: int
     dropped_spans: int = 0
+    # Per top-level typed field: the probability the constrained model gave its value.
+    field_confidence: dict[str, float] | None = None
+    ungrounded: list[str] = field(default_factory=list)  # fields nulled: not in the text
 
 
 @dataclass
@@ -144,19 +159,22 @@ class _Prepared:
     user_close: list[int] = field(default_factory=list)
 
 
-def output_schema(task: LLMTask, max_string_chars: int | None = None) -> dict:
+def output_schema(task: LLMTask, max_string_chars: int | None = None, max_entities: int | None = None,
+                  max_entity_chars: int | None = None) -> dict:
     """The JSON Schema of one output: label first (its tokens are scored), then entities, then
     the typed fields, in that order (xgrammar keeps the properties' order). Free-text strings
     (entity texts, string fields without a `maxLength` of their own) are capped at
-    `max_string_chars`."""
+    `max_string_chars`, entity texts at `max_entity_chars` where given, and the entity list at
+    `max_entities` items: every output then ends within a bounded number of tokens."""
     props: dict = {}
     if task.labels is not None:
         props["label"] = {"type": "string", "enum": task.labels.labels}
     if task.entity_types is not None:
-        props["entities"] = {"type": "array", "items": {
+        text_chars = max_entity_chars or max_string_chars
+        props["entities"] = {"type": "array", **({"maxItems": max_entities} if max_entities else {}), "items": {
             "type": "object", "properties": {"type": {"type": "string", "enum": list(task.entity_types)},
                                              "text": {"type": "string", "minLength": 1,
-                                                      **({"maxLength": max_string_chars} if max_string_chars else {})}},
+                                                      **({"maxLength": text_chars} if text_chars else {})}},
             "required": ["type", "text"], "additionalProperties": False}}
     if task.fields is not None:
         props["fields"] = _bounded_numbers(_capped_strings(task.fields, max_string_chars))
@@ -210,6 +228,43 @@ def _finite(value, schema, where: str = "fields"):
         items = _branch(schema).get("items", {})
         return [_finite(v, items, f"{where}[]") for v in value]
     return value
+
+
+def _ground(value, schema: dict, text: str, where: str, nulled: list[str]):
+    """`value` with each value of an `x-grounded` property that `text` does not contain set to
+    null, its path (e.g. `order_id`) appended to `nulled`."""
+    if value is None:
+        return None
+    if schema.get(GROUNDED) and not grounded(value, text):
+        nulled.append(where)
+        return None
+    if isinstance(value, dict):
+        props = _branch(schema).get("properties", {})
+        return {k: _ground(v, props.get(k, {}), text, f"{where}.{k}" if where else k, nulled)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        items = _branch(schema).get("items", {})
+        return [_ground(v, items, text, f"{where}[]", nulled) for v in value]
+    return value
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _member_spans(s: str, at: int) -> dict[str, tuple[int, int]]:
+    """Key -> (start, end) of its value in `s`, for each member of the valid JSON object that
+    starts at `s[at]`."""
+    decoder, spans = json.JSONDecoder(strict=False), {}
+    pos = _WS.match(s, at + 1).end()
+    while s[pos] != "}":
+        key, pos = json.decoder.scanstring(s, pos + 1, False)
+        pos = _WS.match(s, _WS.match(s, pos).end() + 1).end()  # past the colon
+        _, end = decoder.raw_decode(s, pos)
+        spans[key] = (pos, end)
+        pos = _WS.match(s, end).end()
+        if s[pos] == ",":
+            pos = _WS.match(s, pos + 1).end()
+    return spans
 
 
 def _nullable(schema: dict) -> bool:
@@ -321,9 +376,11 @@ class LLMEngine:
                  max_new_tokens: int = 160, retry_max_new_tokens: int = 320, max_batch: int = 16,
                  max_tokens: int = 16384, few_shot: bool = False, constrained: bool = True,
                  prefix_cache: bool = True, max_string_chars: int | None = 120,
+                 max_entities: int | None = 8, max_entity_chars: int | None = 64,
                  max_input_tokens: int = 1024,
                  examples_dir: Path = EXAMPLES_DIR, load_seconds: float = 0.0,
-                 on_dropped_spans: Callable[[str, int], None] | None = None):
+                 on_dropped_spans: Callable[[str, int], None] | None = None,
+                 on_ungrounded: Callable[[str, str], None] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -336,10 +393,13 @@ class LLMEngine:
         self.constrained = constrained
         self.prefix_cache = prefix_cache
         self.max_string_chars = max_string_chars
+        self.max_entities = max_entities
+        self.max_entity_chars = max_entity_chars
         self.max_input_tokens = max_input_tokens
         self.examples_dir = examples_dir
         self.load_seconds = load_seconds
         self.on_dropped_spans = on_dropped_spans
+        self.on_ungrounded = on_ungrounded  # (topic, field) per value nulled by grounding
         self.tasks: dict[str, _Prepared] = {}
         self.vocab_size = int(model.config.vocab_size)
         stops = {int(t) for t in _as_list(getattr(model.generation_config, "eos_token_id", None))}
@@ -399,7 +459,7 @@ class LLMEngine:
     def add_task(self, task: LLMTask) -> _Prepared:
         """Build the topic's schema, prompt and grammar (compiled once, here)."""
         started = time.perf_counter()
-        schema = output_schema(task, self.max_string_chars)
+        schema = output_schema(task, self.max_string_chars, self.max_entities, self.max_entity_chars)
         messages = [{"role": "system", "content": instructions(task)}]
         if self.few_shot:
             for text, out in load_examples(task, self.examples_dir):
@@ -703,29 +763,46 @@ class LLMEngine:
                dists) -> LLMResult | LLMOutputError:
         output = prepared.forced + self.tokenizer.decode(tokens, skip_special_tokens=True)
         try:
-            parsed = json.loads(output)
+            # strict=False: a control character inside a string is text. xgrammar's strings
+            # with a maxLength admit any but quote, backslash, CR and LF (a tab, say), which
+            # strict JSON refuses: the event was dead-lettered llm_invalid_output.
+            parsed = json.loads(output, strict=False)
         except json.JSONDecodeError as exc:
             return LLMOutputError(f"output is not JSON: {exc.msg} at {exc.pos}")
         if not isinstance(parsed, dict):
             return LLMOutputError("output is not a JSON object")
         task = prepared.task
-        classification = entities = fields = None
-        dropped = 0
+        classification = entities = fields = confidence = None
+        dropped, nulled = 0, []
         try:
             if task.labels is not None:
                 classification = self._label_scores(prepared, tokens, dists, parsed["label"])
+            ends = (self._token_ends(prepared, tokens)
+                    if task.entity_types is not None or task.fields is not None else [])
             if task.entity_types is not None:
-                entities, dropped = self._entities(prepared, text, tokens, greedy_p, output, parsed["entities"])
+                entities, dropped = self._entities(prepared, text, ends, greedy_p, output, parsed["entities"])
             if task.fields is not None:
                 fields = parsed["fields"]
                 if not isinstance(fields, dict):
                     raise TypeError("fields is not an object")
-                fields = _finite(fields, prepared.schema["properties"]["fields"])
+                schema = prepared.schema["properties"]["fields"]
+                fields = _ground(_finite(fields, schema), schema, text, "", nulled)
+                confidence = self._field_confidence(output, ends, greedy_p)
         except (KeyError, TypeError, ValueError) as exc:
             return LLMOutputError(f"output does not follow the schema: {type(exc).__name__}: {exc}")
         if dropped and self.on_dropped_spans is not None:
             self.on_dropped_spans(task.name, dropped)
-        return LLMResult(classification, entities, fields, len(tokens) + 1, dropped)
+        if self.on_ungrounded is not None:
+            for name in nulled:
+                self.on_ungrounded(task.name, name)
+        return LLMResult(classification, entities, fields, len(tokens) + 1, dropped, confidence, nulled)
+
+    def _field_confidence(self, output: str, ends: list[int], greedy_p: list[float]) -> dict[str, float]:
+        """Per top-level typed field: the product of the probabilities of the tokens that wrote
+        its value (quotes included: the token that opens a string is the choice against null)."""
+        start, _ = _member_spans(output, 0)["fields"]
+        return {name: math.exp(sum(self._span_log_ps(ends, greedy_p, a, b)))
+                for name, (a, b) in _member_spans(output, start).items()}
 
     def _label_scores(self, prepared: _Prepared, tokens: list[int], dists, chosen: str) -> Classification:
         labels = prepared.task.labels.labels
@@ -769,11 +846,11 @@ class LLMEngine:
         best = next(iter(ordered))
         return Classification(best, ordered[best], ordered)
 
-    def _entities(self, prepared: _Prepared, text: str, tokens: list[int], greedy_p: list[float],
+    def _entities(self, prepared: _Prepared, text: str, ends: list[int], greedy_p: list[float],
                   output: str, items) -> tuple[list[Entity], int]:
         """Offsets of each entity's text in the input (the next occurrence not already taken by
-        an identical entity); entities that do not occur verbatim are dropped and counted."""
-        ends = self._token_ends(prepared, tokens)
+        an identical entity); entities that do not occur verbatim are dropped and counted.
+        `ends`: `_token_ends` of the output's tokens."""
         entities: list[Entity] = []
         dropped = 0
         next_from: dict[str, int] = {}
@@ -804,11 +881,17 @@ class LLMEngine:
                 for k in range(len(tokens))]
 
     @staticmethod
-    def _span_score(ends: list[int], greedy_p: list[float], start: int, end: int) -> float:
+    def _span_log_ps(ends: list[int], greedy_p: list[float], start: int, end: int) -> list[float]:
+        """Log-probabilities of the tokens that wrote `output[start:end]`."""
         first = bisect.bisect_right(ends, start)
         last = min(bisect.bisect_left(ends, end), len(greedy_p) - 1)
-        ps = [max(p, 1e-12) for p in greedy_p[first : last + 1]] or [1.0]
-        return math.exp(sum(math.log(p) for p in ps) / len(ps))
+        return [math.log(max(p, 1e-12)) for p in greedy_p[first : last + 1]]
+
+    @classmethod
+    def _span_score(cls, ends: list[int], greedy_p: list[float], start: int, end: int) -> float:
+        """An entity's score: the geometric mean of its tokens' probabilities."""
+        logs = cls._span_log_ps(ends, greedy_p, start, end)
+        return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
     def warm_up(self) -> float:
         """Per topic, one short generation (lazy set-up out of the first batch's latency), then

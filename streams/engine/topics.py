@@ -114,8 +114,9 @@ class TopicEngines:
             enc = encoded[i] if encoded is not None else None
             entities = gen.entities if plan.entities_from == "llm" else enc.entities
             label = gen.classification if plan.label_from == "llm" else enc.classification
-            out.append(Inference(entities, label or NO_CLASSIFICATION,
-                                 gen.fields if plan.fields is not None else None))
+            typed = plan.fields is not None
+            out.append(Inference(entities, label or NO_CLASSIFICATION, gen.fields if typed else None,
+                                 gen.field_confidence if typed else None))
         return out
 
     def close(self) -> None:

@@ -28,6 +28,9 @@ class Inference:
     # Typed fields a generative model extracted (LLM engine), keyed by field name, values
     # JSON-like and valid against the topic's field record; None when the topic has none.
     fields: dict[str, object] | None = None
+    # Per typed field, the probability the grammar-constrained LLM gave the value it wrote (the
+    # product over that value's tokens; see streams/engine/llm.py); None without typed fields.
+    field_confidence: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,19 @@
 """Per-topic typed fields: an Avro record in `schemas/fields/<name>.avsc`, and the JSON Schema
 the LLM engine decodes under, derived from it, so every generated value is valid Avro by
 construction (enums to their symbols, `["null", T]` to a nullable T). The engine is handed the
-JSON Schema (`field_schema`) and knows nothing of Avro."""
+JSON Schema (`field_schema`) and knows nothing of Avro.
+
+A field with the attribute `"grounded": true` (a nullable string or number) carries the JSON
+Schema keyword `"x-grounded": true`: the engine nulls its value unless the input text says it
+(streams/engine/grounding.py). It must be nullable, or there would be nothing to publish
+instead of an invented value."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..engine.grounding import GROUNDED
 
 _PRIMITIVES = {"string": {"type": "string"}, "boolean": {"type": "boolean"},
                "int": {"type": "integer", "minimum": -(2 ** 31), "maximum": 2 ** 31 - 1},
@@ -77,8 +84,9 @@ def _type(avro, where: str, max_chars: int | None = None) -> dict:
     if kind == "enum":
         return {"type": "string", "enum": list(avro["symbols"])}
     if kind == "record":
-        props = {f["name"]: _described(_type(f["type"], f"{where}.{f['name']}",
-                                             f.get("maxLength", max_chars)), f.get("doc"))
+        props = {f["name"]: _grounded(f, _described(_type(f["type"], f"{where}.{f['name']}",
+                                                       f.get("maxLength", max_chars)), f.get("doc")),
+                                      f"{where}.{f['name']}")
                  for f in avro["fields"]}
         return {"type": "object", "properties": props, "required": list(props),
                 "additionalProperties": False}
@@ -87,6 +95,23 @@ def _type(avro, where: str, max_chars: int | None = None) -> dict:
     if isinstance(kind, (str, list)) and not avro.get("logicalType"):
         return _type(kind, where, avro.get("maxLength", max_chars))
     raise FieldSchemaError(f"{where}: Avro type {kind!r} is not supported")
+
+
+def _grounded(avro_field: dict, schema: dict, where: str) -> dict:
+    """`schema` marked `x-grounded` when the field says `"grounded": true`, which only a
+    nullable string or number may say (else FieldSchemaError, at start-up)."""
+    flag = avro_field.get("grounded", False)
+    if flag is False:
+        return schema
+    if flag is not True:
+        raise FieldSchemaError(f"{where}: \"grounded\" must be true or false, got {flag!r}")
+    branches = schema.get("anyOf", [])
+    kinds = sorted(b.get("type") for b in branches if b.get("type") != "null")
+    if len(branches) != 2 or kinds not in (["string"], ["number"], ["integer"]) or "enum" in branches[0]:
+        raise FieldSchemaError(f"{where}: a grounded field must be [\"null\", T] with T a string or "
+                               "a number (int, long, float, double), so that a value the text does "
+                               "not contain can become null")
+    return {**schema, GROUNDED: True}
 
 
 def _described(schema: dict, doc: str | None) -> dict:

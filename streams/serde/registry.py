@@ -109,9 +109,11 @@ def registry_failure(exc: Exception, what: str) -> Exception:
 class SchemaCatalog:
     def __init__(self, registry_url: str, schema_dir: Path, input_topics: list[str],
                  output_topics: list[str], *, auto_register: bool = True, basic_auth: str | None = None,
-                 output_fields: dict[str, str] | None = None, client_conf: dict | None = None):
+                 output_fields: dict[str, str] | None = None, client_conf: dict | None = None,
+                 copy_topics: list[str] | None = None):
         """`output_fields`: output topic -> the name of its field record (schemas/fields/);
-        output topics not in it get the plain EnrichedEvent. `client_conf`: more of the
+        output topics not in it get the plain EnrichedEvent. `copy_topics`: topics that take
+        redacted copies of input events (streams/redact.py), under the InputEvent schema. `client_conf`: more of the
         SchemaRegistryClient's conf (`Settings.schema_registry_config()`: TLS files, timeout)."""
         conf = {**(client_conf or {}), "url": registry_url}
         if basic_auth:
@@ -122,6 +124,7 @@ class SchemaCatalog:
         self.input_topics = list(input_topics)
         self.output_topics = list(output_topics)
         self.output_fields = dict(output_fields or {})
+        self.copy_topics = list(copy_topics or ())
         unknown = sorted(set(self.output_fields) - set(self.output_topics))
         if unknown:
             raise SchemaError(f"field records for topics that are not outputs: {unknown}")
@@ -144,7 +147,8 @@ class SchemaCatalog:
                    [r.input for r in settings.topics], [r.output for r in settings.topics],
                    auto_register=settings.schema_auto_register,
                    output_fields={r.output: r.fields for r in settings.topics if r.fields},
-                   client_conf=settings.schema_registry_config())
+                   client_conf=settings.schema_registry_config(),
+                   copy_topics=[r.copy_topic for r in settings.topics if r.copy_topic])
 
     def enriched_schema_for(self, topic: str) -> Schema:
         """The schema of `topic`'s `<topic>-value` subject: composed with the topic's field
@@ -160,7 +164,8 @@ class SchemaCatalog:
         if self._ready:
             return
         pairs = [(t, self.input_schema) for t in self.input_topics] + \
-                [(t, self._output_schemas[t]) for t in self.output_topics]
+                [(t, self._output_schemas[t]) for t in self.output_topics] + \
+                [(t, self.input_schema) for t in self.copy_topics]  # last: earlier ids stay as they were
         for topic, schema in pairs:
             try:
                 if self.auto_register:
@@ -195,7 +200,7 @@ class SchemaCatalog:
         topic, looked up in the registry once per topic."""
         found = self._writers.get(topic)
         if found is None:
-            schema = self.enriched_schema_for(topic)
+            schema = self.input_schema if topic in self.copy_topics else self.enriched_schema_for(topic)
             self.ensure_registered()
             try:
                 registered = self.client.lookup_schema(subject(topic), schema)
@@ -212,12 +217,15 @@ class SchemaCatalog:
         the registry once per topic), then Avro binary from fastavro with the topic's schema.
         The same bytes as an AvroSerializer of that schema (tests/serde asserts it) at a third
         of its cost per record, which spends most of its time on per-call subject and rule
-        lookups. A record's `fields` is ignored on topics without a field record."""
+        lookups. A record's `fields` is ignored on topics without a field record. A copy topic's
+        record is an InputEvent (`encode_copy`)."""
         prefix, parsed = self._writer_for(topic)
         buf = io.BytesIO()
         buf.write(prefix)
         schemaless_writer(buf, parsed, record)
         return buf.getvalue()
+
+    encode_copy = encode_enriched  # the same fast path, with the copy topic's InputEvent schema
 
     def encode_input(self, record: dict, topic: str) -> bytes:
         return self.input_serializer(record, SerializationContext(topic, MessageField.VALUE))

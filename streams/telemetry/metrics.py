@@ -29,6 +29,8 @@ counters end in `_total`, seconds in `_seconds`:
 | streams.engine.duty_cycle        | streams_engine_duty_cycle                    | gauge          |
 | streams.engine.batch_fill        | streams_engine_batch_fill_bucket/_sum/_count | histogram      |
 | streams.engine.queue_depth       | streams_engine_queue_depth                   | up-down counter|
+| streams.llm.dropped_spans        | streams_llm_dropped_spans_total              | counter        |
+| streams.llm.ungrounded_values    | streams_llm_ungrounded_values_total{field}   | counter        |
 
 The engine's duty cycle, from the one inference thread (streams/engine/thread.py), so for the
 whole process, without the topic: `streams.engine.busy` is the seconds its inference calls ran
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 METER_NAME = "streams"
 REASON = "reason"
+FIELD = "field"  # a typed field of the LLM (streams.llm.ungrounded_values)
 ENGINE = "streams.engine"  # which engine made a forward pass: encoder, llm
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -141,6 +144,10 @@ class StreamMetrics:
         self.llm_dropped_spans = meter.create_counter(
             "streams.llm.dropped_spans", unit="{entity}",
             description="entities the LLM wrote that do not occur verbatim in the input text: dropped")
+        self.llm_ungrounded_values = meter.create_counter(
+            "streams.llm.ungrounded_values", unit="{value}",
+            description="grounded typed-field values the LLM wrote that the input text does not "
+                        "contain: published as null, by field")
         self.engine_busy = meter.create_observable_counter(
             "streams.engine.busy", callbacks=[self._observe_busy], unit="s",
             description="seconds the inference thread ran inference calls; rate(): the duty cycle")
@@ -189,6 +196,9 @@ class StreamMetrics:
 
     def record_llm_dropped_spans(self, topic: str, n: int) -> None:
         self.llm_dropped_spans.add(n, self.attributes(topic))
+
+    def record_llm_ungrounded_value(self, topic: str, field: str) -> None:
+        self.llm_ungrounded_values.add(1, {DESTINATION_NAME: topic, FIELD: field})
 
     def attributes(self, topic: str, partition: int | None = None, reason: str | None = None) -> dict:
         """Cached attribute dicts (the SDK keys its streams by them; do not mutate)."""

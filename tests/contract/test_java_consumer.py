@@ -1,7 +1,8 @@
 """A plain Java consumer (examples/java-consumer: kafka-clients + Avro GenericDatumReader, no
 registry client) reads what the worker publishes: every event, with the same event ids,
 labels and entities as the Python side decodes; and, on a topic with a field record, the typed
-fields (an enum symbol, nullable strings and doubles) exactly as the Python side encoded them.
+fields (an enum symbol, nullable strings and doubles) and the LLM's confidence in each exactly
+as the Python side encoded them.
 
 Needs `make java-consumer` (run by `make test`); without it the test fails and says so."""
 
@@ -120,11 +121,13 @@ def test_java_consumer_reads_every_event_like_python(scenario):
         check.close()
     assert {tp.partition: tp.offset for tp in committed} == {p: o + 1 for p, o in last.items()}
     assert all("fields" not in j for j in lines), "a topic without a field record has no `fields`"
+    assert all(j["field_confidence"] is None for j in lines)  # nor confidences: the map is null
 
 
 # Typed fields as the LLM engine hands them over (Inference.fields): values valid against
 # schemas/fields/SupportTicketFields.avsc. Non-ASCII, quotes, an integral and a fractional
-# refund, nulls, and one event enriched without fields (the union's null branch).
+# refund, nulls, and one event enriched without fields (the union's null branch). Each with the
+# LLM's confidence per field (Inference.field_confidence), None where it has none.
 TYPED = [
     ("tf-1", {"urgency": "critical", "order_id": "A-10023", "refund_amount": 49.99,
               "requested_action": "refund", "summary": "Cliente cobrado dos veces: \u00bfreembolso? \u20ac49,99"}),
@@ -136,6 +139,16 @@ TYPED = [
               "requested_action": "cancel_order", "summary": "tab\there, backslash \\ and newline\nin one"}),
     ("tf-5", None),
 ]
+CONFIDENCE = {
+    "tf-1": {"urgency": 0.9375, "order_id": 0.8123456789012345, "refund_amount": 0.5,
+             "requested_action": 1.0, "summary": 3.2e-12},
+    "tf-2": {"urgency": 0.25, "order_id": 0.99, "refund_amount": 0.97, "requested_action": 0.6,
+             "summary": 1e-300},
+    "tf-3": {"urgency": 1.0, "order_id": 0.0, "refund_amount": 0.75, "requested_action": 0.125,
+             "summary": 0.001},
+    "tf-4": None,  # fields without confidences (the map's null branch)
+    "tf-5": None,
+}
 
 
 def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
@@ -157,7 +170,8 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
         event = InputEvent(event_id=event_id, text="ticket text", event_type="ticket.created",
                            customer_id=None, occurred_at=datetime(2026, 1, 2, 3, tzinfo=timezone.utc))
         inference = Inference([Entity("ORDER_ID", "A-10023", 0, 7, 1.0)],
-                              Classification("billing", 0.8, {"billing": 0.8, "delivery": 0.2}), fields=fields)
+                              Classification("billing", 0.8, {"billing": 0.8, "delivery": 0.2}), fields=fields,
+                              field_confidence=CONFIDENCE[event_id])
         record = enriched_record(event, inference, SourceRecord(scenario.input, 0, i, 1_767_000_000_000),
                                  [ModelInfo("classification", "smollm2", "t")], inference_ms=3.0)
         records.append((event_id.encode(), catalog.encode_enriched(record, scenario.output)))
@@ -171,16 +185,20 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
     expected = dict(TYPED)
     python_side = {r["event_id"]: r["fields"] for _, r in got.enriched}
     assert python_side == expected  # the Python reader decodes them back unchanged
+    assert {r["event_id"]: r["field_confidence"] for _, r in got.enriched} == CONFIDENCE
     # So does `streams tail --json`, in its own process (its own mock registry, same ids).
     tail = subprocess.run([sys.executable, "-m", "streams", "tail", "--topic", scenario.output, "--count",
                            str(len(TYPED)), "--json", "--timeout", "60"], env=os.environ | scenario.env,
                           capture_output=True, text=True, timeout=120)
     tailed = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
     assert {r["event_id"]: r["fields"] for r in tailed} == expected, tail.stdout + tail.stderr
+    assert {r["event_id"]: r["field_confidence"] for r in tailed} == CONFIDENCE
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert sorted(j["event_id"] for j in lines) == sorted(expected)
     avro_type = {"urgency": "enum", "requested_action": "enum", "summary": "string",
                  "order_id": "string", "refund_amount": "double"}
+    # Java reads each field's confidence as the double Python wrote (Double.toString round-trips).
+    assert {j["event_id"]: j["field_confidence"] for j in lines} == CONFIDENCE
     for j in lines:
         want = expected[j["event_id"]]
         if want is None:
@@ -190,3 +208,37 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
         assert {k: v["type"] for k, v in j["fields"].items()} == \
             {k: "null" if want[k] is None else t for k, t in avro_type.items()}, j["event_id"]
         assert j["schema_id"] == catalog.client.get_latest_version(subject(scenario.output)).schema_id
+
+
+def test_java_consumer_reads_the_redacted_text_and_the_redacted_copy(scenario):
+    """A redacting route (issue 28) with a copy topic, Avro input: the worker publishes
+    `redacted_text` in the enriched record and an InputEvent with the redacted text to the copy
+    topic; Java reads both, and what it prints is what Python decoded."""
+    cp = classpath()
+    copy_topic = f"{scenario.input}.redacted"
+    scenario.extra_env["STREAMS_TOPICS"] = json.dumps(
+        [{"input": scenario.input, "labels": LABELS, "redact": {"types": {"EMAIL": "mask"}, "copy_topic": copy_topic}}])
+    settings = scenario.settings
+    catalog = SchemaCatalog.from_settings(settings)
+    events = [(f"red-{i}", text) for i, (_, text) in enumerate(SPECIAL * 3)]
+    produce(settings, scenario.input, [(eid.encode(), catalog.encode_input({"event_id": eid, "text": text}, scenario.input))
+                                       for eid, text in events])
+    worker = WorkerProcess(scenario).start()
+    try:
+        got = collect(settings, scenario, until=lambda c: len(c.enriched_ids) >= len(events))
+        enriched = java_consumer(cp, scenario.bootstrap, scenario.output, f"java-red-{scenario.name}",
+                                 settings.schema_dir / "EnrichedEvent.avsc", len(events), timeout_s=90)
+        copies = java_consumer(cp, scenario.bootstrap, copy_topic, f"java-copy-{scenario.name}",
+                               settings.schema_dir / "InputEvent.avsc", len(events), timeout_s=90)
+        out, _ = finish(enriched, timeout=120)
+        copied, _ = finish(copies, timeout=120)
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()[-3000:]
+    python_side = {r["event_id"]: r["redacted_text"] for _, r in got.enriched}
+    assert set(python_side) == {eid for eid, _ in events} and None not in python_side.values()
+    assert any(python_side[eid] != text for eid, text in events), "nothing was redacted: the test proves little"
+    java_side = {j["event_id"]: j["redacted_text"] for j in (json.loads(x) for x in out.splitlines() if x.strip())}
+    assert java_side == python_side
+    copy_side = {j["event_id"]: j["text"] for j in (json.loads(x) for x in copied.splitlines() if x.strip())}
+    assert copy_side == python_side  # the copy carries exactly the redacted text

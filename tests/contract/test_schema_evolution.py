@@ -135,6 +135,33 @@ def test_java_avro_agrees(current):
     assert result.stdout.splitlines() == [f"COMPATIBLE {p}" for p in history_files()]
 
 
+def test_field_confidence_is_optional_and_null_in_data_written_before_it(current):
+    """v2 added `field_confidence` (map<double>, the LLM's per-field confidence): records
+    written with v1 read with it null; a v2 record keeps its values exactly."""
+    field = next(f for f in current["fields"] if f["name"] == "field_confidence")
+    assert field["type"] == ["null", {"type": "map", "values": "double"}] and field["default"] is None
+    v1 = dict(history())["v1"]
+    data = avro_compat.write(v1, avro_compat.sample_datum(v1))
+    assert avro_compat.read(data, v1, current)["field_confidence"] is None
+    datum = avro_compat.sample_datum(current) | {"field_confidence": {"urgency": 0.93, "order_id": 1e-9}}
+    assert avro_compat.read(avro_compat.write(current, datum), current, current)["field_confidence"] == \
+        {"urgency": 0.93, "order_id": 1e-9}
+
+
+def test_redacted_text_is_optional_and_null_in_data_written_before_it(current):
+    """v3 added `redacted_text` (issue 28): records written with v1 and v2 read with it null; a
+    v3 record keeps non-ASCII text exactly."""
+    field = next(f for f in current["fields"] if f["name"] == "redacted_text")
+    assert field["type"] == ["null", "string"] and field["default"] is None
+    releases = dict(history())
+    for old in ("v1", "v2"):
+        data = avro_compat.write(releases[old], avro_compat.sample_datum(releases[old]))
+        assert avro_compat.read(data, releases[old], current)["redacted_text"] is None
+    datum = avro_compat.sample_datum(current) | {"redacted_text": "Hi <GIVEN_NAME>, café 👍🏽"}
+    assert avro_compat.read(avro_compat.write(current, datum), current, current)["redacted_text"] == \
+        "Hi <GIVEN_NAME>, café 👍🏽"
+
+
 def test_schemas_document_every_field_and_default_every_optional_one():
     for path in [*SCHEMAS.glob("*.avsc"), *FIELDS_DIR.glob("*.avsc")]:
         schema = avro_compat.load(path)
@@ -203,7 +230,8 @@ def test_a_compatible_change_passes_and_old_data_gets_defaults(tmp_path):
     for (name, writer), nulls in [(r, n) for r in releases for n in (False, True)]:
         data = avro_compat.write(writer, avro_compat.sample_datum(writer, nulls=nulls))
         filled = assert_survives(avro_compat.read(data, writer, writer), avro_compat.read(data, writer, evolved))
-        assert filled == ["language"], name
+        added = [f["name"] for f in evolved["fields"] if f["name"] not in {g["name"] for g in writer["fields"]}]
+        assert filled == added and added[-1] == "language", name  # and what releases since added
         assert avro_compat.read(data, writer, evolved)["language"] is None
     # Old readers cannot read a long partition: the FORWARD levels say so, BACKWARD ones do not care.
     assert avro_compat.check("FORWARD", evolved, releases) == [

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.kafka_io import Scenario, WorkerProcess
 
-COMMANDS = ["broker", "worker", "produce", "tail", "demo", "models"]
+COMMANDS = ["broker", "worker", "produce", "tail", "demo", "models", "eval"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

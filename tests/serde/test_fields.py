@@ -10,6 +10,7 @@ import pytest
 
 from streams.serde.fields import (FieldSchemaError, field_docs, field_schema, json_schema, load_field_record,
                                   load_field_schema)
+from streams.engine.grounding import GROUNDED
 from streams.settings import REPO_ROOT
 
 RECORD = {"type": "record", "name": "R", "fields": [
@@ -83,3 +84,32 @@ def test_the_llm_is_given_the_json_schema_with_the_prompts_field_lines():
     strip = {name: {k: v for k, v in p.items() if k != "description"} for name, p in schema["properties"].items()}
     assert strip == {name: {k: v for k, v in p.items() if k != "description"}
                      for name, p in json_schema(record)["properties"].items()}
+
+
+def test_grounded_fields_are_marked_for_the_engine():
+    record = {"type": "record", "name": "R", "fields": [
+        {"name": "order_id", "type": ["null", "string"], "default": None, "grounded": True},
+        {"name": "amount", "type": ["null", "double"], "default": None, "grounded": True},
+        {"name": "count", "type": ["null", "long"], "default": None, "grounded": True},
+        {"name": "note", "type": ["null", "string"], "default": None, "grounded": False}]}
+    props = json_schema(record)["properties"]
+    assert props["order_id"] == {"anyOf": [{"type": "string"}, {"type": "null"}], GROUNDED: True}
+    assert props["amount"][GROUNDED] is True and props["count"][GROUNDED] is True
+    assert GROUNDED not in props["note"]
+    shipped = load_field_schema(REPO_ROOT / "schemas", "SupportTicketFields")["properties"]
+    assert [n for n, p in shipped.items() if p.get(GROUNDED)] == ["order_id", "refund_amount"]
+    assert shipped["order_id"]["anyOf"][0]["maxLength"] == 40
+
+
+@pytest.mark.parametrize("field, why", [
+    ({"name": "order_id", "type": "string", "grounded": True}, "must be \\[\"null\", T\\]"),
+    ({"name": "amount", "type": "double", "grounded": True}, "must be \\[\"null\", T\\]"),
+    ({"name": "ok", "type": ["null", "boolean"], "default": None, "grounded": True}, "a string or a number"),
+    ({"name": "kind", "type": ["null", {"type": "enum", "name": "K", "symbols": ["a"]}], "default": None,
+      "grounded": True}, "a string or a number"),
+    ({"name": "order_id", "type": ["null", "string"], "default": None, "grounded": "yes"}, "true or false"),
+])
+def test_a_grounded_field_must_be_a_nullable_string_or_number(field, why):
+    with pytest.raises(FieldSchemaError, match=why) as raised:
+        json_schema({"type": "record", "name": "R", "fields": [field]})
+    assert f"R.{field['name']}" in str(raised.value)  # names the field

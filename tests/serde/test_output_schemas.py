@@ -139,3 +139,22 @@ def test_compose_refuses_a_clash():
     with pytest.raises(SchemaError, match="already has"):
         compose_enriched(composed, {"type": "record", "name": "F", "fields": []})
 
+
+
+def test_field_confidence_round_trips_beside_the_fields(catalog):
+    """The LLM's per-field confidence (EnrichedEvent v2, a nullable map<double>): published on
+    a topic with a field record, null without one; the plain schema has it too, always null."""
+    confidence = {"urgency": 0.93, "order_id": 1.0, "refund_amount": 2.5e-7, "requested_action": 0.5,
+                  "summary": 1e-30}
+    event = InputEvent(event_id="tkt-9", text="charged twice", event_type=None, customer_id=None,
+                       occurred_at=None)
+    inference = Inference([], Classification("billing", 0.9, {"billing": 0.9}), fields=FIELDS,
+                          field_confidence=confidence)
+    rec = enriched_record(event, inference, SourceRecord("support.tickets", 0, 7, None),
+                          [ModelInfo("fields", "llm", "v1")], inference_ms=2.0)
+    decoded = catalog.decode(catalog.encode_enriched(rec, TYPED), TYPED)
+    assert decoded["field_confidence"] == confidence and decoded["fields"] == FIELDS
+    assert catalog.decode(catalog.encode_enriched(record(FIELDS), TYPED), TYPED)["field_confidence"] is None
+    typed = json.loads(catalog.enriched_schema_for(TYPED).schema_str)
+    assert [f["name"] for f in typed["fields"][-2:]] == ["field_confidence", "fields"]
+    assert catalog.decode(catalog.encode_enriched(record(None), PLAIN), PLAIN)["field_confidence"] is None

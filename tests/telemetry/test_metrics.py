@@ -311,3 +311,16 @@ def test_a_topic_waits_in_the_queue_while_another_topic_of_the_batch_is_inferred
     BatchProcessor(runtime, ConsumerState(), lambda records: True, threading.Event()).process(batch)
     assert sampling.seen == [{TOPIC: 0, other: 5}, {TOPIC: 0, other: 0}]
     assert queue_depth(captured.metrics) == {TOPIC: 0, other: 0}
+
+
+def test_llm_ungrounded_values_are_counted_by_topic_and_field(captured):
+    metrics = captured.telemetry.metrics
+    for field in ("order_id", "order_id", "refund_amount"):
+        metrics.record_llm_ungrounded_value("support.tickets", field)
+    found = by_attrs(points(captured.metrics)["streams.llm.ungrounded_values"], D, "field")
+    assert {k: p.value for k, p in found.items()} == {("support.tickets", "order_id"): 2,
+                                                      ("support.tickets", "refund_amount"): 1}
+    body, _ = captured.telemetry.prometheus_text()
+    line = next(line for line in body.decode().splitlines()
+                if line.startswith("streams_llm_ungrounded_values_total{") and 'field="order_id"' in line)
+    assert 'messaging_destination_name="support.tickets"' in line and line.endswith(" 2.0")

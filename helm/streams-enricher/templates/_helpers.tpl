@@ -185,6 +185,18 @@ a worker that cannot work: checked by tests/helm.
 {{- fail (printf "schemaRegistry.%s: the chart takes no credentials as values; store `user:password` in a Secret and set schemaRegistry.existingSecret (and existingSecretAuthKey)" $key) -}}
 {{- end -}}
 {{- end -}}
+{{- range $key := list "key" "secret" "value" -}}
+{{- if hasKey $.Values.redaction $key -}}
+{{- fail (printf "redaction.%s: the chart takes no keys as values; store the pseudonym key in a Secret and set redaction.existingSecret (and existingSecretKey)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $route := .Values.config.topics -}}
+{{- with $route.redact -}}
+{{- if and (or (eq (toString .default) "pseudonym") (has "pseudonym" (values (.types | default dict)))) (not $.Values.redaction.existingSecret) -}}
+{{- fail (printf "config.topics: the redaction policy of %s uses pseudonym: set redaction.existingSecret to a Secret holding the key (under redaction.existingSecretKey)" $route.input) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if include "streams-enricher.saslEnabled" . -}}
 {{- $mechanisms := list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512" -}}
 {{- if not (has .Values.kafka.sasl.mechanism $mechanisms) -}}
@@ -239,7 +251,7 @@ a worker that cannot work: checked by tests/helm.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs service.enabled" -}}
 {{- end -}}
-{{- $routeKeys := list "input" "output" "dlq" "labels" "entities_from" "label_from" "fields" -}}
+{{- $routeKeys := list "input" "output" "dlq" "labels" "entities_from" "label_from" "fields" "redact" -}}
 {{- range $i, $route := .Values.config.topics -}}
 {{- if not (kindIs "map" $route) -}}
 {{- fail (printf "config.topics[%d] must be a map like {input: support.tickets}" $i) -}}
@@ -392,6 +404,13 @@ affinity:
     secretKeyRef:
       name: {{ .Values.kafka.sasl.existingSecret }}
       key: {{ .Values.kafka.sasl.existingSecretPasswordKey }}
+{{- end }}
+{{- if .Values.redaction.existingSecret }}
+- name: STREAMS_REDACTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redaction.existingSecret }}
+      key: {{ .Values.redaction.existingSecretKey }}
 {{- end }}
 {{- if .Values.schemaRegistry.existingSecret }}
 - name: STREAMS_SCHEMA_REGISTRY_AUTH

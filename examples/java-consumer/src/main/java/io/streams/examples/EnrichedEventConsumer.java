@@ -7,8 +7,10 @@ import java.nio.file.Path;
 import java.time.Duration;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
+import java.util.TreeMap;
 
 import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
@@ -43,6 +45,20 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * nullable double that holds a number is {@code "double"}, one that is null {@code "null"}).
  * With generated SpecificRecord classes (pom.xml) the same read is
  * {@code event.getFields().getUrgency()}, an {@code io.streams.enrichment.fields.Urgency}.
+ *
+ * <p>Confidence: with a schema that has {@code field_confidence} (EnrichedEvent v2 and the
+ * composed schemas), each object also has {@code "field_confidence"}: null, or
+ * {@code {"<field>":<probability>}}, the LLM's probability for each typed field's value (a
+ * {@code Map<Utf8, Double>} in a GenericRecord; {@code event.getFieldConfidence()}, a
+ * {@code Map<String, Double>}, with generated classes). A service acts on a field when its value
+ * is not null and its confidence passes the service's own threshold.
+ *
+ * <p>Redaction: with a schema that has {@code redacted_text} (EnrichedEvent v3), each object also
+ * has {@code "redacted_text"}: null (a topic without a redaction policy), or the text with its
+ * personal data masked, replaced, pseudonymised or dropped. A redacting route's copy topic
+ * ({@code redact.copy_topic}) holds InputEvent records with the text redacted: pass
+ * {@code schemas/InputEvent.avsc}, and each object has {@code "text"} instead of the label,
+ * score and entities.
  *
  * <p>Usage: {@code EnrichedEventConsumer BOOTSTRAP TOPIC GROUP SCHEMA.avsc EXPECTED TIMEOUT_S}.
  * It stops after EXPECTED distinct event ids (exit 0) or after TIMEOUT_S seconds (exit 1).
@@ -120,7 +136,6 @@ public final class EnrichedEventConsumer {
     }
 
     private static String toJson(ConsumerRecord<byte[], byte[]> rec, int schemaId, GenericRecord event) {
-        GenericRecord classification = (GenericRecord) event.get("classification");
         StringBuilder out = new StringBuilder(256);
         out.append("{\"key\":");
         if (rec.key() == null) {
@@ -133,6 +148,12 @@ public final class EnrichedEventConsumer {
         out.append(",\"schema_id\":").append(schemaId);
         out.append(",\"event_id\":");
         quote(out, event.get("event_id").toString());
+        if (event.getSchema().getField("classification") == null) { // a redacted copy: an InputEvent
+            out.append(",\"text\":");
+            quote(out, event.get("text").toString());
+            return out.append('}').toString();
+        }
+        GenericRecord classification = (GenericRecord) event.get("classification");
         out.append(",\"label\":");
         quote(out, classification.get("label").toString());
         out.append(",\"score\":").append(classification.get("score"));
@@ -149,6 +170,32 @@ public final class EnrichedEventConsumer {
             first = false;
         }
         out.append(']');
+        if (event.getSchema().getField("redacted_text") != null) {
+            out.append(",\"redacted_text\":");
+            Object redacted = event.get("redacted_text"); // Utf8, or null without a policy
+            if (redacted == null) {
+                out.append("null");
+            } else {
+                quote(out, redacted.toString());
+            }
+        }
+        if (event.getSchema().getField("field_confidence") != null) {
+            out.append(",\"field_confidence\":");
+            Map<?, ?> confidence = (Map<?, ?>) event.get("field_confidence");
+            if (confidence == null) {
+                out.append("null");
+            } else {
+                out.append('{');
+                boolean firstField = true;
+                for (Map.Entry<String, Object> entry : byName(confidence).entrySet()) {
+                    out.append(firstField ? "" : ",");
+                    quote(out, entry.getKey());
+                    out.append(':').append(entry.getValue()); // Double.toString: the same double
+                    firstField = false;
+                }
+                out.append('}');
+            }
+        }
         if (event.getSchema().getField("fields") != null) {
             out.append(",\"fields\":");
             GenericRecord fields = (GenericRecord) event.get("fields");
@@ -202,6 +249,15 @@ public final class EnrichedEventConsumer {
             first = false;
         }
         out.append('}');
+    }
+
+    /** An Avro map (Utf8 keys, in no order) by key as a String, sorted: stable output. */
+    private static Map<String, Object> byName(Map<?, ?> map) {
+        Map<String, Object> out = new TreeMap<>();
+        for (Map.Entry<?, ?> entry : map.entrySet()) {
+            out.put(entry.getKey().toString(), entry.getValue());
+        }
+        return out;
     }
 
     /** A JSON string literal, ASCII only (so the platform's stdout encoding does not matter). */

@@ -1,0 +1,1 @@
+"""The hand-labelled set `streams eval` measures the engines on (labelled.jsonl)."""
