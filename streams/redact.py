@@ -116,6 +116,29 @@ def _widen(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+# Types whose value is one whitespace-free token: a span of one grows to the whole address (the
+# entity model often tags only an email's local part, or a URL's host: docs/redaction.md).
+_WHOLE_TOKEN = frozenset({"EMAIL", "URL"})
+_TOKEN_LIMIT = 256  # an address is never longer (RFC 5321: 254): a hostile run is not scanned
+_TOKEN_EDGE = "\"'()<>[]{},;:!?."  # punctuation around an address, not part of it
+
+
+def _whole_token(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span grown to the whitespace-free token it lies in (at most `_TOKEN_LIMIT` characters
+    each way), without the punctuation around it; an email only when that token has an "@"."""
+    lo = start
+    while lo > 0 and start - lo < _TOKEN_LIMIT and not text[lo - 1].isspace():
+        lo -= 1
+    hi = end
+    while hi < len(text) and hi - end < _TOKEN_LIMIT and not text[hi].isspace():
+        hi += 1
+    while lo < start and text[lo] in _TOKEN_EDGE:
+        lo += 1
+    while hi > end and text[hi - 1] in _TOKEN_EDGE:
+        hi -= 1
+    return lo, hi
+
+
 def plan(text: str, spans: Iterable[Any], policy: RedactionPolicy) -> list[Redaction]:
     """The redactions for `text`, sorted, disjoint. Spans to keep, and invalid spans, are left
     out; overlapping spans, and touching spans of one type, become one redaction with the label
@@ -134,6 +157,10 @@ def plan(text: str, spans: Iterable[Any], policy: RedactionPolicy) -> list[Redac
         op = policy.operator(label)
         if op == "keep":
             continue
+        if label in _WHOLE_TOKEN:
+            lo, hi = _whole_token(text, start, end)
+            if label == "URL" or "@" in text[lo:hi]:
+                start, end = lo, hi
         start, end = _widen(text, start, end)
         parts.append((start, end, label, op))
     parts.sort(key=lambda p: (p[0], -p[1]))

@@ -293,3 +293,15 @@ def test_a_copy_too_large_dead_letters_the_event_whole():
                             [_rec(0, b'{"event_id": "e1", "text": "mail ann@x.io"}')])
     assert [(r.kind, dict(r.headers)["__streams.errors.reason"]) for r in result.out] == [("dlq", b"output_too_large")]
     assert b"the redacted copy would be" in dict(result.out[0].headers)["__streams.errors.exception.message"]
+
+
+def test_an_email_or_url_span_covers_the_whole_address():
+    """The entity model often tags only an email's local part (`julia.demir` of
+    `julia.demir@example.co.uk`): the redaction takes the whole address, never the text or
+    punctuation around it, and a hostile run of characters is not scanned without end."""
+    text = "Mail julia.demir@example.co.uk. or (see https://shop.example.com/o/123), thanks"
+    assert redact(text, [span("EMAIL", 5, 16), span("URL", 44, 60)]) == \
+        "Mail <EMAIL>. or (see <URL>), thanks"
+    assert redact("name: julia, ok", [span("EMAIL", 6, 11)]) == "name: <EMAIL>, ok"  # no "@": as found
+    long = "x" * 10_000 + "@example.com"
+    assert redact(long, [span("EMAIL", 0, 3)]) == "<EMAIL>" + long[3:]  # "@" beyond the scan: as found
