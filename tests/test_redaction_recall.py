@@ -26,14 +26,17 @@ def test_measure_counts_the_characters_left():
     found = [[{"label": l, "start": s, "end": e} for l, s, e in t.pii] for t in texts]
     perfect = measure(texts, found)
     assert perfect["all"]["chars_left"] == 0 and perfect["other_chars_redacted"] == 0
-    # The model misses every URL and finds only the first half of each email.
-    partial = [[({"label": l, "start": s, "end": s + (e - s) // 2} if l == "EMAIL" else {"label": l, "start": s, "end": e})
+    # The model misses every URL and finds only the first half of each phone and each email.
+    half = ("PHONE", "EMAIL")
+    partial = [[({"label": l, "start": s, "end": s + (e - s) // 2} if l in half else {"label": l, "start": s, "end": e})
                 for l, s, e in t.pii if l != "URL"] for t in texts]
     rows = {r["label"]: r for r in measure(texts, partial)["types"]}
     assert rows["URL"]["left_share"] == 1.0 and rows["URL"]["values_whole"] == rows["URL"]["values"] > 0
-    emails = [(s, e) for t in texts for l, s, e in t.pii if l == "EMAIL"]
-    assert rows["EMAIL"]["chars_left"] == sum((e - s) - (e - s) // 2 for s, e in emails)
-    assert rows["EMAIL"]["values_whole"] == 0 and rows["PHONE"]["chars_left"] == 0
+    phones = [(s, e) for t in texts for l, s, e in t.pii if l == "PHONE"]
+    assert phones and rows["PHONE"]["chars_left"] == sum((e - s) - (e - s) // 2 for s, e in phones)
+    assert rows["PHONE"]["values_whole"] == 0
+    # Half an email is redacted whole: the span grows to the address it lies in.
+    assert rows["EMAIL"]["values"] > 0 and rows["EMAIL"]["chars_left"] == 0
     # A span over text that is not personal data counts as over-redaction, not recall.
     over = measure(texts[:1], [[{"label": "CITY", "start": 0, "end": 5}]])
     assert over["other_chars_redacted"] == 5
