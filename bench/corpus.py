@@ -118,18 +118,27 @@ def _contact(w: _Writer, rng: random.Random, given: str, surname: str) -> None:
             a=rng.randint(201, 989), b=rng.randint(200, 999), c=f"{rng.randint(0, 9999):04d}"), "PHONE")
         w.add(".")
     if rng.random() < 0.35:
-        city, state, zip_code = rng.choice(CITIES)
-        w.add(rng.choice([" Ship to ", " My address is ", " I live at "]))
-        w.add(str(rng.randint(3, 9800)), "BUILDING_NUMBER")
-        w.add(" ")
-        w.add(rng.choice(STREETS), "STREET_NAME")
+        write_address(w, rng, [" Ship to ", " My address is ", " I live at "])
+
+
+def write_address(w: _Writer, rng: random.Random, openings: list[str], secondary: bool = False) -> None:
+    """An opening and a street address, each part labelled; `secondary`: with a flat or suite."""
+    city, state, zip_code = rng.choice(CITIES)
+    w.add(rng.choice(openings))
+    w.add(str(rng.randint(3, 9800)), "BUILDING_NUMBER")
+    w.add(" ")
+    w.add(rng.choice(STREETS), "STREET_NAME")
+    w.add(", ")
+    if secondary:
+        w.add(rng.choice([f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}", f"Suite {rng.randint(100, 950)}",
+                          f"Unit {rng.randint(1, 99)}", f"Floor {rng.randint(2, 30)}"]), "SECONDARY_ADDRESS")
         w.add(", ")
-        w.add(city, "CITY")
-        w.add(", ")
-        w.add(state, "STATE")
-        w.add(" ")
-        w.add(zip_code, "ZIP_CODE")
-        w.add(".")
+    w.add(city, "CITY")
+    w.add(", ")
+    w.add(state, "STATE")
+    w.add(" ")
+    w.add(zip_code, "ZIP_CODE")
+    w.add(".")
 
 
 def ticket(rng: random.Random, topic: str | None = None) -> Ticket:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 
-from .corpus import BODIES, CITIES, CLOSINGS, GIVEN, GREETINGS, PRODUCTS, STREETS, SURNAMES, Ticket, _contact, _Writer
+from .corpus import (BODIES, CLOSINGS, GIVEN, GREETINGS, PRODUCTS, SURNAMES, Ticket, _contact,
+                     _Writer, write_address)
 
 TYPES = ["GIVEN_NAME", "SURNAME", "EMAIL", "PHONE", "URL", "TAX_ID", "BANK_ACCOUNT", "ROUTING_NUMBER",
          "GOVERNMENT_ID", "PASSPORT", "DRIVERS_LICENSE", "BUILDING_NUMBER", "STREET_NAME",
@@ -75,21 +76,7 @@ def _license(w, rng):
 
 
 def _address(w, rng):
-    city, state, zip_code = rng.choice(CITIES)
-    w.add(" " + rng.choice(["Deliver to ", "My new address is ", "Send it to "]))
-    w.add(str(rng.randint(3, 9800)), "BUILDING_NUMBER")
-    w.add(" ")
-    w.add(rng.choice(STREETS), "STREET_NAME")
-    w.add(", ")
-    w.add(rng.choice([f"Apt {rng.randint(1, 40)}{rng.choice('ABCD')}", f"Suite {rng.randint(100, 950)}",
-                      f"Unit {rng.randint(1, 99)}", f"Floor {rng.randint(2, 30)}"]), "SECONDARY_ADDRESS")
-    w.add(", ")
-    w.add(city, "CITY")
-    w.add(", ")
-    w.add(state, "STATE")
-    w.add(" ")
-    w.add(zip_code, "ZIP_CODE")
-    w.add(".")
+    write_address(w, rng, [" Deliver to ", " My new address is ", " Send it to "], secondary=True)
 
 
 EXTRAS = [_url, _tax_id, _bank, _ssn, _passport, _license, _address]

@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from streams.engine import NoopEngine
 from streams.engine.llm import LLMResult, LLMTask, LLMTruncated, output_schema
 from streams.engine.topics import TopicEngines, TopicPlan
 from streams.serde.fields import field_schema
-from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_LABELS, build_tiny_llm
+from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_LABELS
 from tests.fixtures.tiny_llm import tiny_engine as engine
 
 TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.", "My parcel has not arrived.",
@@ -27,17 +26,7 @@ GROUNDED = {"type": "record", "name": "Refund", "fields": [
 PEOPLE = ("GIVEN_NAME", "CITY")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")

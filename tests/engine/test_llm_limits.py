@@ -10,14 +10,13 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from streams.engine import NoopEngine
 from streams.engine.llm import (NUMBER_LIMIT, LLMOutputError, LLMResult, LLMTask, LLMTooLong,
                                 ModelLoadError)
 from streams.engine.topics import TopicEngines, TopicPlan
 from streams.serde.fields import field_schema
-from tests.fixtures.tiny_llm import TINY_LABELS, build_tiny_llm
+from tests.fixtures.tiny_llm import TINY_LABELS
 from tests.fixtures.tiny_llm import tiny_engine as engine
 
 LABELS = TINY_LABELS
@@ -28,17 +27,7 @@ AMOUNTS = {"type": "record", "name": "Amounts", "fields": [
     {"name": "amount", "type": "double"}, {"name": "ratio", "type": ["null", "float"], "default": None}]}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import uuid
 
 import fastavro
 import pytest
-import torch
 
 from streams.engine import NoopEngine
 from streams.engine.llm import LLMEngine, LLMResult, LLMTask, LLMTruncated
 from streams.engine.topics import TopicEngines, TopicPlan
-from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_LABELS, TINY_FIELDS, build_tiny_llm
+from tests.fixtures.tiny_llm import TINY_FIELD_SCHEMA, TINY_LABELS, TINY_FIELDS
 from tests.fixtures.tiny_llm import tiny_engine as engine
 
 LABELS = TINY_LABELS
@@ -23,18 +22,7 @@ TEXTS = ["Hello, my name is Maria Gonzalez and I was charged twice.",
          "Maria", "Denver tracking says the parcel is late and my order was charged twice for it."]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine: threads only spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/engine/conftest.py
 
 
 @pytest.fixture(scope="module")
