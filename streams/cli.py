@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import os
 import signal
@@ -58,6 +59,29 @@ def broker(port: int = typer.Option(9092, help="TCP port on 127.0.0.1")) -> None
 def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warning; default STREAMS_LOG_LEVEL")) -> None:
     """Run the enrichment worker (same as `faust -A streams.app worker`). Logs are JSON lines
     unless STREAMS_LOG_FORMAT=text. Runs on jemalloc when installed (STREAMS_ALLOCATOR)."""
+    # A SIGTERM (a rollout, a scale-down) can come while torch imports and the models load,
+    # before Faust's handlers are in place: stop then too, leave the group, and exit 0.
+    signal.signal(signal.SIGTERM, _raise_stop_requested)
+    try:
+        _run_worker(loglevel)
+    except _StopRequested:
+        logging.getLogger("streams.cli").info("stopped during start-up (SIGTERM); nothing was taken")
+        # At once, without the interpreter's shutdown: the thread loading the models may hold
+        # the import lock, and the shutdown would wait on it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+class _StopRequested(BaseException):
+    """SIGTERM before the worker's own handlers were installed."""
+
+
+def _raise_stop_requested(*_) -> None:
+    raise _StopRequested()
+
+
+def _run_worker(loglevel: Optional[str]) -> None:
     _use_configured_allocator()
     settings = _settings()
     from .telemetry import configure_logging, logging_config
@@ -69,25 +93,26 @@ def worker(loglevel: Optional[str] = typer.Option(None, help="debug, info, warni
     # subscribed here by librdkafka's threads; for the Faust agent the models load in a thread
     # while Faust starts, and the agent waits for them (streams.app).
     early = _early_consumer(settings)
-    loading = _load_in_background(settings) if settings.source == "faust" else None
-    from faust.worker import Worker
+    try:
+        loading = _load_in_background(settings) if settings.source == "faust" else None
+        from faust.worker import Worker
 
-    from .app import Runtime, app as faust_app, startup_failure
+        from .app import Runtime, app as faust_app, startup_failure
 
-    faust_app.conf.logging_config = logging_config(loglevel, settings.log_format)
-    if loading is not None:
-        faust_app.runtime_loading = loading
-        _use_uvloop()
-    else:
-        try:
-            faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
-        except BaseException as exc:
-            if early is not None:
-                early.close()  # leave the group at once, not after the session timeout
-            if isinstance(exc, Exception):
+        faust_app.conf.logging_config = logging_config(loglevel, settings.log_format)
+        if loading is not None:
+            faust_app.runtime_loading = loading
+            _use_uvloop()
+        else:
+            try:
+                faust_app.runtime = Runtime.load(settings)  # fail fast, with a clear message
+            except Exception as exc:
                 _fail(startup_failure(exc))
-            raise
-        faust_app.early_consumer = early
+    except BaseException:
+        if early is not None:
+            early.close()  # leave the group at once, not after the session timeout
+        raise
+    faust_app.early_consumer = early
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

@@ -212,7 +212,16 @@ class BatchConsumer:
 
     def close(self) -> None:
         """Leave the group now, so its partitions move to other workers without waiting for
-        the session timeout."""
+        the session timeout. A join still in flight (a stop during start-up or a rebalance) is
+        let finish first, for at most a session timeout: tansu keeps a member that leaves
+        mid-join as the leader of the next generation, and the group never settles again
+        (docs/sources.md). What that wait fetches is dropped, uncommitted."""
+        deadline = time.monotonic() + self.settings.kafka_session_timeout_s
+        try:
+            while not self.state.joined and time.monotonic() < deadline:
+                self._consumer.consume(self.settings.max_batch, 0.2)
+        except KafkaException:
+            pass  # a fatal client error: leave as best it can
         self._consumer.close()
 
 

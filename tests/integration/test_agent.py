@@ -231,6 +231,34 @@ def test_sigterm_drains_the_batch_in_flight_within_the_grace_period(
           f"delivered {len(got.enriched_ids)}")
 
 
+@pytest.mark.parametrize("source", ["faust", "librdkafka"])
+@pytest.mark.parametrize("after_s", [0.0, 1.5])
+def test_sigterm_during_start_up_exits_0_and_takes_nothing(
+        source, after_s, broker, tiny_models, model_cache, tmp_path):
+    """A rollout can stop a pod while torch imports and the models load, before Faust's signal
+    handlers exist: the worker exits 0 at once (never killed by the signal), and a worker that
+    starts next takes every event."""
+    scenario = scenario_for(source, broker, tiny_models, model_cache, tmp_path)
+    n = 200
+    produce_spread(scenario, json_events(n, prefix="s"))
+    worker = WorkerProcess(scenario, "early").start()
+    deadline = time.monotonic() + 30
+    while not worker.log().strip() and time.monotonic() < deadline:  # its first log line
+        time.sleep(0.02)
+    time.sleep(after_s)
+    assert worker.proc.poll() is None, worker.log()[-3000:]
+    t0 = time.monotonic()
+    code = worker.stop(timeout=30)
+    took = time.monotonic() - t0
+    assert code == 0 and took < 15, f"exit {code} after {took:.1f}s\n" + worker.log()[-3000:]
+    last = WorkerProcess(scenario, "next").start()
+    try:
+        got = collect(scenario.settings, scenario, until=lambda c: len(c.enriched_ids) >= n, timeout=120)
+    finally:
+        last.stop()
+    assert len(got.enriched_ids) == n, last.log()[-3000:]
+
+
 def test_a_fatal_error_on_the_first_batch_of_a_fresh_group_commits_nothing(
         broker, tiny_models, model_cache, tmp_path, registry):  # noqa: F811
     """Faust 0.15.3 trap: with no committed offset, `_new_offset` commits the end of whatever
