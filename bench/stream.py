@@ -155,7 +155,8 @@ def bench_stream(n: int, noop: bool, log_dir: Path, name: str | None = None, cor
 
 
 ENGINE_METERS = {"streams_engine_busy_seconds_total": "busy_s",
-                 "streams_engine_batch_fill_sum": "fill_sum", "streams_engine_batch_fill_count": "passes"}
+                 "streams_engine_batch_fill_sum": "fill_sum", "streams_engine_batch_fill_count": "passes",
+                 "streams_batch_size_sum": "batch_events", "streams_batch_size_count": "batches"}
 
 
 def engine_meters(text: str) -> dict[str, float]:
@@ -179,11 +180,13 @@ def scrape_engine(port: int) -> dict[str, float]:
 def engine_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Between two scrapes: the engine's duty cycle (busy seconds / wall seconds; near 1 the
     models were the bottleneck, lower the stream kept them waiting) and the mean batch fill
-    of its forward passes (NaN: none)."""
+    of its forward passes, and the mean micro-batch the source took (NaN: none)."""
     wall = after["at"] - before["at"]
     passes = after["passes"] - before["passes"]
+    batches = after["batches"] - before["batches"]
     return {"engine_duty_cycle": (after["busy_s"] - before["busy_s"]) / wall if wall > 0 else math.nan,
-            "batch_fill": (after["fill_sum"] - before["fill_sum"]) / passes if passes else math.nan}
+            "batch_fill": (after["fill_sum"] - before["fill_sum"]) / passes if passes else math.nan,
+            "mean_batch": (after["batch_events"] - before["batch_events"]) / batches if batches else math.nan}
 
 
 def _backlog(settings: Settings, n: int, corpus: str) -> None:

@@ -53,9 +53,9 @@ def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InReco
     """`extra_headers(record)` adds headers to that record's output (replay markers).
 
     `emit`: called with each group of outputs as soon as it is ready, so the caller can send
-    them while the next forward passes run: the texts go through the engine in groups of
-    `settings.output_chunk` (by length, so each group pads little), the dead letters come
-    last. Without it the batch runs through the engine whole. Either way `result.out` holds
+    them while the next forward passes run: the earliest events of each partition first,
+    then the rest whole, or in groups of `settings.output_chunk` (`_groups`); the dead
+    letters come last. Without it the batch runs through the engine whole. Either way `result.out` holds
     every output and dead letter of the batch.
 
     Telemetry (`runtime.telemetry`): metrics for the batch always; spans only when tracing is
@@ -108,8 +108,8 @@ class _Batch:
             decoded = self.decode()
             self.queue(len(decoded))  # tombstones and undecodable records wait no more
             self.release()  # what precedes the first decoded event of each partition leaves at once
-            group_size = None if self.emit is None else settings.output_chunk or settings.model_batch
-            for group in _groups(decoded, group_size):
+            head = None if self.emit is None else settings.model_batch
+            for group in _groups(decoded, head, settings.output_chunk or None):
                 self.queue(self.waiting - len(group))  # in the engine now, no longer ahead of it
                 inferred, ms = self.infer(group)
                 self.encode(group, inferred, ms)
@@ -229,15 +229,17 @@ class _Batch:
         self.result.out.extend(ready)
 
 
-def _groups(decoded: list[Decoded], size: int | None) -> list[list[Decoded]]:
-    """The decoded events in groups for the engine: all at once (`size` None), or in groups
-    of `size` whose outputs can leave while the later groups run. The first group is the
+def _groups(decoded: list[Decoded], head: int | None, rest: int | None) -> list[list[Decoded]]:
+    """The decoded events in groups for the engine: all at once (`head` None, the forward
+    pass's size), or a small first group whose outputs leave while the rest runs: a quarter
+    of `head`, or one event per partition where there are more. That first group is the
     earliest events of every partition (round robin by their rank in it): nothing earlier in
-    their partition is pending, so `InOrder` releases them as soon as the group is done, and
-    the batch's first outputs leave after one group's forward passes. The rest go sorted by
-    text length, so each group pads little; `InOrder` holds back whatever would overtake an
-    earlier record of its partition."""
-    if size is None or len(decoded) <= size:
+    their partition is pending, so `InOrder` releases them as soon as it is done, and the
+    batch's first outputs leave after one short forward pass. The rest goes whole (`rest` None), so
+    the engine sorts all of it by token length and pads least, or in groups of `rest` sorted
+    by text length; `InOrder` holds back whatever would overtake an earlier record of its
+    partition (docs/benchmarks.md: what the groups cost)."""
+    if head is None or len(decoded) <= head:
         return [decoded] if decoded else []
     rank: dict[int, int] = {}
     ranked = []
@@ -245,11 +247,15 @@ def _groups(decoded: list[Decoded], size: int | None) -> list[list[Decoded]]:
         partition = d[1].partition
         ranked.append((rank.get(partition, 0), position))
         rank[partition] = rank.get(partition, 0) + 1
-    first = {position for _, position in sorted(ranked)[:size]}
-    rest = sorted((d for position, d in enumerate(decoded) if position not in first),
-                  key=lambda d: len(d[2].text))
-    head = [decoded[position] for position in sorted(first)]
-    return [head] + [rest[i : i + size] for i in range(0, len(rest), size)]
+    # A quarter of a forward pass, or one event per partition if there are more: a pass of
+    # texts in input order pads to its longest, so the fewer the cheaper.
+    head = min(head, max(1, head // 4, len(rank)))
+    first = {position for _, position in sorted(ranked)[:head]}
+    others = sorted((d for position, d in enumerate(decoded) if position not in first),
+                    key=lambda d: len(d[2].text))
+    size = rest or len(others)
+    return [[decoded[position] for position in sorted(first)]] + \
+        [others[i : i + size] for i in range(0, len(others), size)]
 
 
 _PENDING = object()  # an outcome not known yet

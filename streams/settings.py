@@ -169,10 +169,12 @@ class Settings(BaseSettings):
     max_batch: int = Field(256, ge=1, description="events per micro-batch (stream.take_events)")
     model_batch: int = Field(32, ge=1, description="texts per forward pass")
     max_wait_s: float = Field(0.2, gt=0)
-    output_chunk: int = Field(0, ge=0, description="the worker sends outputs in groups of this many "
-                                                   "events, each as soon as its forward passes are done "
-                                                   "(commits still wait for the whole micro-batch); "
-                                                   "0: model_batch, one forward pass per model")
+    output_chunk: int = Field(0, ge=0, description="after a first group of model_batch events (the earliest of "
+                                                   "each partition, sent as soon as it is done), the rest of a "
+                                                   "micro-batch goes through the models in groups of this many "
+                                                   "events, each group's outputs sent when it is done (commits "
+                                                   "still wait for the whole micro-batch); 0: the rest whole, "
+                                                   "which the engine sorts by token length and pads least")
     max_in_flight: int = Field(8192, ge=1, description="records the consumer prefetches ahead of the batch in "
                                                        "progress; fetching pauses beyond it (backpressure)")
     max_poll_interval_s: float = Field(300.0, description="above the slowest batch + produce, or the group rebalances")

@@ -73,6 +73,26 @@ def test_outputs_leave_in_offset_order_per_partition_though_shorter_texts_finish
     assert [(r.source.partition, r.source.offset) for r in first] == [(0, 0), (1, 0)]
 
 
+def test_by_default_the_rest_of_a_batch_goes_to_the_engine_whole_after_a_first_group(runtime):
+    """A quarter of model_batch (the earliest events of each partition) is inferred and sent
+    first; then the rest in one engine call, which sorts all of it by token length (groups of
+    output_chunk cut it into length-sorted groups that each pad more)."""
+    calls: list[int] = []
+
+    class Counting(NoopEngine):
+        def infer(self, texts, labels, topic=None):
+            calls.append(len(texts))
+            return super().infer(texts, labels, topic)
+
+    runtime.engine = Counting()
+    runtime.settings = runtime.settings.model_copy(update={"output_chunk": 0, "model_batch": 16})
+    records = [_rec(p, o, "y" * (10 + 7 * o)) for p in (0, 1) for o in range(9)]
+    result = enrich_records(runtime, runtime.settings.route(TOPIC), records, emit=runtime.producer.send)
+    assert result.enriched == 18 and calls == [4, 14]
+    first = runtime.producer.groups[0]
+    assert [(r.source.partition, r.source.offset) for r in first] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
 def test_in_order_releases_each_partition_up_to_its_first_pending_record():
     records = [_rec(0, 0, "a"), _rec(1, 0, "b"), _rec(0, 1, "c"), _rec(1, 1, "d")]
     order = InOrder(records)

@@ -200,17 +200,18 @@ class ChunkLog(NoopEngine):
 
 
 def test_outputs_leave_group_by_group_and_the_commit_waits_for_every_ack(runtime):
-    """A micro-batch of 70 with groups of 32: each group's outputs are sent as soon as its
-    forward passes are done, before the next group is inferred; the commit comes once, after
-    the acknowledgements of all 70, never between groups."""
+    """A micro-batch of 70 from one partition: a first group of 8 (a quarter of the model
+    batch), then groups of 32; each group's outputs are sent as soon as its forward passes are
+    done, before the next group is inferred; the commit comes once, after the
+    acknowledgements of all 70, never between groups."""
     log = CallLog()
     runtime.producer = log
     runtime.engine = ChunkLog(log)
     runtime.settings = runtime.settings.model_copy(update={"output_chunk": 32})
     loop = EnrichmentLoop(runtime, consumer=log)
     loop.process(_records(70))
-    assert log.calls == [("infer", 32), ("send", 32), ("infer", 32), ("send", 32), ("infer", 6),
-                         ("send", 6), ("deliver", 70), ("commit", (0, 79))]
+    assert log.calls == [("infer", 8), ("send", 8), ("infer", 32), ("send", 32), ("infer", 30),
+                         ("send", 30), ("deliver", 70), ("commit", (0, 79))]
 
 
 def test_nothing_is_committed_when_a_sent_group_is_not_acknowledged(runtime):
