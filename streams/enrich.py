@@ -21,7 +21,10 @@ class SourceRecord:
 
 
 def enriched_record(event: InputEvent, inference: Inference, source: SourceRecord,
-                    models: list[ModelInfo], inference_ms: float, redacted_text: str | None = None) -> dict:
+                    models: list[ModelInfo], inference_ms: float, redacted_text: str | None = None,
+                    stamp: dict | None = None) -> dict:
+    """`stamp`: the route's stamp (streams/stamp.py, made once per route at start-up and shared
+    by its records, never changed); None writes null."""
     return {
         "event_id": event.event_id,
         "event_type": event.event_type,
@@ -46,6 +49,8 @@ def enriched_record(event: InputEvent, inference: Inference, source: SourceRecor
         "field_confidence": inference.field_confidence,
         # The text with personal data redacted (routes with a redaction policy; else null).
         "redacted_text": redacted_text,
+        # What made the record besides the models: digests of labels, prompt, examples, fields.
+        "stamp": stamp,
         "fields": inference.fields,
     }
 

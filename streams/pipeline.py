@@ -168,7 +168,7 @@ class _Batch:
         redacting route's record carries the redacted text, and with a copy topic the event
         settles as two records (enriched, redacted copy), committed only once both are acked."""
         runtime, route, trace, more = self.runtime, self.route, self.trace, self.more
-        producer, models = runtime.producer, runtime.models[route.input]
+        producer, models, stamp = runtime.producer, runtime.models[route.input], runtime.stamps[route.input]
         redactor = runtime.redactors.get(route.input)
         order, result = self.order, self.result
         for (i, rec, event), inference in zip(group, inferred):
@@ -181,7 +181,8 @@ class _Batch:
             try:
                 redacted = None if redactor is None else redactor.redact(event.text, inference.entities)
                 value = runtime.catalog.encode_enriched(
-                    enriched_record(event, inference, source, models, inference_ms, redacted), route.output)
+                    enriched_record(event, inference, source, models, inference_ms, redacted, stamp),
+                    route.output)
                 if redacted is not None and route.copy_topic:
                     copy = redacted_copy(event, redacted, rec.value, route.copy_topic, runtime.catalog)
             except (RetriableError, FatalError):

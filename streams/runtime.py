@@ -23,10 +23,12 @@ from .produce import AckingProducer
 from .records import OutRecord
 from .serde import SchemaCatalog
 from .settings import Settings
+from .stamp import route_stamp
 from .telemetry import Telemetry, default_telemetry
 
 if TYPE_CHECKING:
-    from .engine.llm import LLMEngine
+    from .engine.llm import LLMEngine, LLMTask
+    from .engine.topics import TopicPlan
 
 log = logging.getLogger("streams.runtime")
 
@@ -65,6 +67,9 @@ class Runtime:
         # Provenance per topic: the models that produced its records (they differ by topic when
         # some take their label or entities from the LLM).
         self.models = {r.input: engine.models_for(r.input) for r in settings.topics}
+        # What else made them (EnrichedEvent `stamp`): digests of each topic's labels, LLM prompt
+        # and examples, field record; computed here, once, and shared by its every record.
+        self.stamps = self._stamps()
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         # Per input topic with a redaction policy, its redactor (the pseudonym key inside).
         self.redactors = settings.redactors()
@@ -90,8 +95,15 @@ class Runtime:
             producer = acking_producer(settings)
         runtime = cls(settings, engine, catalog, producer, telemetry=telemetry, engine_factory=factory)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
+        for topic, stamp in runtime.stamps.items():  # digests only: no event text, no secret
+            log.info("records of %s are stamped %s", topic,
+                     " ".join(f"{k}={v}" for k, v in stamp.items() if v is not None) or "(nothing)")
         runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
         return runtime
+
+    def _stamps(self) -> dict[str, dict]:
+        return {r.input: route_stamp(r, self.settings.schema_dir, self.engine.prompt_for(r.input))
+                for r in self.settings.topics}
 
     # ---- inference ------------------------------------------------------------------------------
 
@@ -139,6 +151,7 @@ class Runtime:
     def reload_engine(self) -> None:
         """Load the models again (after the engine failed on a probe text)."""
         self.engine = inference_thread.call(load_engine, self.engine_factory, self.settings, self.telemetry)
+        self.stamps = self._stamps()  # the same settings: the same stamps, from the new engine
 
     # ---- batch sizes ----------------------------------------------------------------------------
 
@@ -203,13 +216,9 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engi
     and prompt prepared here, at start-up, from the JSON Schema of its field record). `telemetry`
     counts the LLM's dropped spans and ungrounded values."""
     from .engine import EncoderEngine  # torch: imported when the models load, not with the app
-    from .engine.llm import LLMTask
-    from .engine.topics import TopicEngines, TopicPlan
-    from .serde.fields import load_field_schema
+    from .engine.topics import TopicEngines
 
-    plans = {r.input: TopicPlan(r.input, LabelSet.from_mapping(r.labels), r.entities_from, r.label_from,
-                                load_field_schema(settings.schema_dir, r.fields) if r.fields else None)
-             for r in settings.topics}
+    plans = topic_plans(settings)
     encoder = llm = None
     if any(p.uses_encoder for p in plans.values()):
         if settings.engine == "noop":
@@ -226,15 +235,31 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engi
         llm = load_llm(settings, telemetry)
         for plan in plans.values():
             if plan.uses_llm:
-                prepared = llm.add_task(LLMTask(
-                    plan.topic, plan.labels if plan.label_from == "llm" else None,
-                    tuple(settings.llm_entity_types) if plan.entities_from == "llm" else None,
-                    plan.fields))
+                prepared = llm.add_task(llm_task(plan, settings))
                 log.info("LLM task for %s prepared in %.1fs (prompt prefix %d tokens)", plan.topic,
                          prepared.compile_seconds, len(prepared.prefix_ids))
     if llm is None:  # no LLM anywhere: the encoder engine as before
         return encoder if encoder is not None else NoopEngine()
     return TopicEngines(plans, encoder, llm)
+
+
+def topic_plans(settings: Settings) -> dict[str, TopicPlan]:
+    """Per input topic, which engine does what, with the JSON Schema of its field record."""
+    from .engine.topics import TopicPlan
+    from .serde.fields import load_field_schema
+
+    return {r.input: TopicPlan(r.input, LabelSet.from_mapping(r.labels), r.entities_from, r.label_from,
+                               load_field_schema(settings.schema_dir, r.fields) if r.fields else None)
+            for r in settings.topics}
+
+
+def llm_task(plan: TopicPlan, settings: Settings) -> LLMTask:
+    """What the LLM is asked for on a topic that uses it: the label (label_from llm), the
+    entities (entities_from llm), the typed fields."""
+    from .engine.llm import LLMTask
+
+    return LLMTask(plan.topic, plan.labels if plan.label_from == "llm" else None,
+                   tuple(settings.llm_entity_types) if plan.entities_from == "llm" else None, plan.fields)
 
 
 def load_llm(settings: Settings, telemetry: Telemetry | None = None, **overrides) -> LLMEngine:

@@ -12,10 +12,10 @@ from typing import Sequence
 
 from .loading import DEFAULT_CLASSIFIER, DEFAULT_NER, ModelLoadError
 from .protocol import Engine
-from .types import Classification, Entity, Inference, LabelSet, ModelInfo
+from .types import Classification, Entity, Inference, LabelSet, ModelInfo, Prompt
 
 __all__ = ["Engine", "EncoderEngine", "NoopEngine", "Entity", "Classification", "Inference", "LabelSet",
-           "ModelInfo", "ModelLoadError", "DEFAULT_NER", "DEFAULT_CLASSIFIER"]
+           "ModelInfo", "Prompt", "ModelLoadError", "DEFAULT_NER", "DEFAULT_CLASSIFIER"]
 
 
 def __getattr__(name: str):
@@ -38,6 +38,9 @@ class NoopEngine:
 
     def models_for(self, topic: str) -> list[ModelInfo]:
         return self.models
+
+    def prompt_for(self, topic: str) -> Prompt | None:
+        return None
 
     def warm_up(self) -> float:
         return 0.0

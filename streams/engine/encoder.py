@@ -15,7 +15,7 @@ from .loading import (DEFAULT_CLASSIFIER, DEFAULT_NER, ModelLoadError, architect
                       resolve_model)
 from .precision import encoder_dtype
 from .ner import EntityExtractor
-from .types import Inference, LabelSet, ModelInfo
+from .types import Inference, LabelSet, ModelInfo, Prompt
 
 
 class EncoderEngine:
@@ -117,6 +117,9 @@ class EncoderEngine:
 
     def models_for(self, topic: str) -> list[ModelInfo]:
         return self.models
+
+    def prompt_for(self, topic: str) -> Prompt | None:
+        return None  # no prompt: the labels' descriptions are the whole instruction
 
     def max_events_for(self, topic: str, budget_s: float) -> int | None:
         return None

@@ -67,7 +67,7 @@ from .grounding import GROUNDED, grounded
 from .llm_loading import DEFAULT_LLM, choose_llm_dtype, resolve_llm
 from .loading import ModelLoadError, choose_device
 from .thread import inference_thread
-from .types import Classification, Entity, LabelSet, ModelInfo
+from .types import Classification, Entity, LabelSet, ModelInfo, Prompt
 
 log = logging.getLogger("streams.engine.llm")
 
@@ -157,6 +157,7 @@ class _Prepared:
     # The template's tokens around the user's text (which is tokenized on its own, as data).
     user_open: list[int] = field(default_factory=list)
     user_close: list[int] = field(default_factory=list)
+    prompt: Prompt | None = None  # what `messages` and `forced` were built from
 
 
 def output_schema(task: LLMTask, max_string_chars: int | None = None, max_entities: int | None = None,
@@ -302,6 +303,15 @@ def load_examples(task: LLMTask, directory: Path = EXAMPLES_DIR) -> list[tuple[s
             out["fields"] = {k: full["fields"][k] for k in wanted_fields}
         examples.append((row["text"], out))
     return examples
+
+
+def task_prompt(task: LLMTask, few_shot: bool = False, examples_dir: Path = EXAMPLES_DIR) -> Prompt:
+    """A topic's prompt without its user turn: the system prompt (`instructions`), the start of
+    the assistant turn the engine writes (the label's opening, or the object's), and with
+    `few_shot` the topic's examples (`load_examples`). Pure: `LLMEngine.add_task` builds the
+    chat from it, and the records' stamp digests it (streams/stamp.py)."""
+    examples = tuple(load_examples(task, examples_dir)) if few_shot else ()
+    return Prompt(instructions(task), LABEL_PREFIX if task.labels is not None else "{", examples)
 
 
 def instructions(task: LLMTask) -> str:
@@ -460,12 +470,12 @@ class LLMEngine:
         """Build the topic's schema, prompt and grammar (compiled once, here)."""
         started = time.perf_counter()
         schema = output_schema(task, self.max_string_chars, self.max_entities, self.max_entity_chars)
-        messages = [{"role": "system", "content": instructions(task)}]
-        if self.few_shot:
-            for text, out in load_examples(task, self.examples_dir):
-                messages += [{"role": "user", "content": text},
-                             {"role": "assistant", "content": json.dumps(out, ensure_ascii=False)}]
-        forced = LABEL_PREFIX if task.labels is not None else "{"
+        prompt = task_prompt(task, self.few_shot, self.examples_dir)
+        messages = [{"role": "system", "content": prompt.system}]
+        for text, out in prompt.examples:
+            messages += [{"role": "user", "content": text},
+                         {"role": "assistant", "content": json.dumps(out, ensure_ascii=False)}]
+        forced = prompt.assistant_prefix
         grammar = matcher = None
         if self.constrained:
             import xgrammar as xgr
@@ -480,7 +490,7 @@ class LLMEngine:
             matcher = xgr.GrammarMatcher(grammar)
             if not matcher.accept_string(forced):
                 raise ModelLoadError(f"topic {task.name}: the grammar rejects the prefix {forced!r}")
-        prepared = _Prepared(task, schema, messages, forced, grammar, matcher)
+        prepared = _Prepared(task, schema, messages, forced, grammar, matcher, prompt=prompt)
         if task.labels is not None:
             prepared.label_targets = [label + '"' for label in task.labels.labels]
             prepared.label_steps = 1 + max(len(self.tokenizer.encode(t, add_special_tokens=False))
@@ -508,6 +518,11 @@ class LLMEngine:
         prepared.compile_seconds = time.perf_counter() - started
         self.tasks[task.name] = prepared
         return prepared
+
+    def prompt_for(self, task_name: str) -> Prompt | None:
+        """The prompt a topic's task was prepared with (`add_task`); None for an unknown topic."""
+        prepared = self.tasks.get(task_name)
+        return None if prepared is None else prepared.prompt
 
     def _vocab(self) -> list[str]:
         if self._vocab_strings is None:

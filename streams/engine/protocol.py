@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from .types import Inference, LabelSet, ModelInfo
+from .types import Inference, LabelSet, ModelInfo, Prompt
 
 
 @runtime_checkable
@@ -35,6 +35,10 @@ class Engine(Protocol):
 
     def models_for(self, topic: str) -> list[ModelInfo]:
         """The models that produce a topic's records (its output's provenance)."""
+
+    def prompt_for(self, topic: str) -> Prompt | None:
+        """The prompt an LLM is given for a topic (its system prompt and few-shot examples, for
+        the records' stamp); None where no LLM works on the topic (encoder models, no-op)."""
 
     def warm_up(self) -> float:
         """Run the models once at start-up; returns the seconds it took (0.0: nothing to do)."""

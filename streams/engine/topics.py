@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from .protocol import Engine
-from .types import Classification, Inference, LabelSet, ModelInfo
+from .types import Classification, Inference, LabelSet, ModelInfo, Prompt
 
 if TYPE_CHECKING:
     from .llm import LLMEngine
@@ -75,6 +75,13 @@ class TopicEngines:
         if plan.fields is not None:
             out += of("fields", "llm")
         return out
+
+    def prompt_for(self, topic: str) -> Prompt | None:
+        """The LLM's prompt for a topic that uses it (as prepared at start-up); else None."""
+        plan = self.plans.get(topic)
+        if plan is None or not plan.uses_llm or self.llm is None:
+            return None
+        return self.llm.prompt_for(topic)
 
     def max_events_for(self, topic: str, budget_s: float) -> int | None:
         """Events of `topic` the LLM is expected to finish within `budget_s`, from its measured

@@ -41,6 +41,18 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Prompt:
+    """What an LLM is told for a topic besides each event's text, as the engine built it at
+    start-up: the system prompt, the start of the answer the engine writes for the model, and
+    the few-shot examples actually in the prompt, as (text, output) pairs (none when few-shot
+    is off). The record's stamp carries digests of it (streams/stamp.py)."""
+
+    system: str
+    assistant_prefix: str
+    examples: tuple[tuple[str, dict], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LabelSet:
     """Zero-shot labels for one input topic: label -> description the text is compared to."""
 

@@ -2,7 +2,7 @@
 registry client) reads what the worker publishes: every event, with the same event ids,
 labels and entities as the Python side decodes; and, on a topic with a field record, the typed
 fields (an enum symbol, nullable strings and doubles) and the LLM's confidence in each exactly
-as the Python side encoded them.
+as the Python side encoded them; and every record's stamp (what made it besides the models).
 
 Needs `make java-consumer` (run by `make test`); without it the test fails and says so."""
 
@@ -24,6 +24,7 @@ from streams.enrich import SourceRecord, enriched_record
 from streams.kafka import consumer
 from streams.serde import InputEvent, SchemaCatalog
 from streams.serde.registry import composed_schema_path, subject
+from streams.stamp import configured_stamps, labels_digest
 from tests.contract.java import classpath
 from tests.fixtures.kafka_io import LABELS, Scenario, WorkerProcess, collect, json_events, produce
 
@@ -123,6 +124,14 @@ def test_java_consumer_reads_every_event_like_python(scenario):
     assert all("fields" not in j for j in lines), "a topic without a field record has no `fields`"
     assert all(j["field_confidence"] is None for j in lines)  # nor confidences: the map is null
 
+    # What made them besides the models (EnrichedEvent v4 `stamp`): the route's labels, no LLM
+    # prompt or examples, no field record; one stamp on every record, read alike by Java.
+    stamp = {"labels_digest": labels_digest(LABELS), "prompt_digest": None, "examples_digest": None,
+             "fields_digest": None, "candidate": None}
+    assert configured_stamps(settings)[scenario.input] == stamp  # recomputed from the settings alone
+    assert all(r["stamp"] == stamp for _, r in got.enriched)
+    assert all(j["stamp"] == stamp for j in lines), lines[0]
+
 
 # Typed fields as the LLM engine hands them over (Inference.fields): values valid against
 # schemas/fields/SupportTicketFields.avsc. Non-ASCII, quotes, an integral and a fractional
@@ -149,6 +158,15 @@ CONFIDENCE = {
     "tf-4": None,  # fields without confidences (the map's null branch)
     "tf-5": None,
 }
+# Each record's stamp (EnrichedEvent v4): every digest set on an LLM route with typed fields,
+# one with nulls and a candidate, and one record without a stamp (the union's null branch).
+LLM_STAMP = {"labels_digest": "sha256:0123456789abcdef", "prompt_digest": "sha256:fedcba9876543210",
+             "examples_digest": "sha256:00000000000000ff", "fields_digest": "sha256:a1b2c3d4e5f60789",
+             "candidate": None}
+STAMPS = {"tf-1": LLM_STAMP, "tf-2": LLM_STAMP, "tf-3": LLM_STAMP,
+          "tf-4": {"labels_digest": "sha256:0123456789abcdef", "prompt_digest": None, "examples_digest": None,
+                   "fields_digest": None, "candidate": "cand-\u00e9 \"2\""},
+          "tf-5": None}
 
 
 def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
@@ -173,7 +191,8 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
                               Classification("billing", 0.8, {"billing": 0.8, "delivery": 0.2}), fields=fields,
                               field_confidence=CONFIDENCE[event_id])
         record = enriched_record(event, inference, SourceRecord(scenario.input, 0, i, 1_767_000_000_000),
-                                 [ModelInfo("classification", "smollm2", "t")], inference_ms=3.0)
+                                 [ModelInfo("classification", "smollm2", "t")], inference_ms=3.0,
+                                 stamp=STAMPS[event_id])
         records.append((event_id.encode(), catalog.encode_enriched(record, scenario.output)))
     produce(settings, scenario.output, records)
 
@@ -199,6 +218,9 @@ def test_java_consumer_reads_the_typed_fields_python_encoded(broker, tmp_path):
                  "order_id": "string", "refund_amount": "double"}
     # Java reads each field's confidence as the double Python wrote (Double.toString round-trips).
     assert {j["event_id"]: j["field_confidence"] for j in lines} == CONFIDENCE
+    # And each record's stamp, digest by digest, null branches included.
+    assert {r["event_id"]: r["stamp"] for _, r in got.enriched} == STAMPS
+    assert {j["event_id"]: j["stamp"] for j in lines} == STAMPS
     for j in lines:
         want = expected[j["event_id"]]
         if want is None:

@@ -162,6 +162,39 @@ def test_redacted_text_is_optional_and_null_in_data_written_before_it(current):
         "Hi <GIVEN_NAME>, café 👍🏽"
 
 
+STAMP_FIELDS = ["labels_digest", "prompt_digest", "examples_digest", "fields_digest", "candidate"]
+
+
+def test_stamp_is_optional_and_null_in_data_written_before_it(current):
+    """v4 added `stamp` (what made a record besides its models: a record of optional digests),
+    placed before `field_confidence` so `fields` stays right after it: records written with
+    v1-v3 read with it null; a v4 record keeps every digest, and a null one, exactly. Readers
+    of v3 skip it (FORWARD too: old consumers keep working before they are regenerated)."""
+    names = [f["name"] for f in current["fields"]]
+    assert names.index("stamp") == names.index("redacted_text") + 1 == names.index("field_confidence") - 1
+    field = current["fields"][names.index("stamp")]
+    assert field["type"][0] == "null" and field["default"] is None
+    record = field["type"][1]
+    assert (record["type"], record["name"]) == ("record", "Stamp")
+    assert [f["name"] for f in record["fields"]] == STAMP_FIELDS
+    assert all(f["type"] == ["null", "string"] and f["default"] is None for f in record["fields"])
+    releases = dict(history())
+    for old in ("v1", "v2", "v3"):
+        for nulls in (False, True):
+            data = avro_compat.write(releases[old], avro_compat.sample_datum(releases[old], nulls=nulls))
+            assert avro_compat.read(data, releases[old], current)["stamp"] is None, old
+    stamp = {"labels_digest": "sha256:0123456789abcdef", "prompt_digest": None,
+             "examples_digest": "sha256:fedcba9876543210", "fields_digest": "sha256:00000000000000ff",
+             "candidate": None}
+    datum = avro_compat.sample_datum(current) | {"stamp": stamp}
+    data = avro_compat.write(current, datum)
+    assert avro_compat.read(data, current, current)["stamp"] == stamp
+    v3 = releases["v3"]
+    as_v3 = avro_compat.read(data, current, v3)  # an old consumer reads a v4 record, stamp skipped
+    assert "stamp" not in as_v3 and as_v3["event_id"] == datum["event_id"]
+    assert avro_compat.check("FORWARD_TRANSITIVE", current, history()) == []
+
+
 def test_schemas_document_every_field_and_default_every_optional_one():
     for path in [*SCHEMAS.glob("*.avsc"), *FIELDS_DIR.glob("*.avsc")]:
         schema = avro_compat.load(path)

@@ -11,8 +11,8 @@ from streams.engine.topics import TopicEngines, TopicPlan
 
 ENGINE_DIR = Path(__file__).resolve().parents[2] / "streams" / "engine"
 LABELS = LabelSet.from_mapping({"billing": "a charge", "delivery": "a parcel"})
-MEMBERS = ("device", "load_seconds", "runs_models", "models", "progress_at", "models_for", "warm_up",
-           "infer", "max_events_for", "close")
+MEMBERS = ("device", "load_seconds", "runs_models", "models", "progress_at", "models_for", "prompt_for",
+           "warm_up", "infer", "max_events_for", "close")
 
 
 def check(engine) -> None:
@@ -21,6 +21,7 @@ def check(engine) -> None:
     [result] = engine.infer(["My parcel has not arrived."], LABELS, "notes")
     assert result.classification.label in LABELS.labels
     assert engine.models_for("notes") and engine.max_events_for("notes", 10.0) is None
+    assert engine.prompt_for("notes") is None  # no LLM on the topic: no prompt to stamp
     assert engine.warm_up() >= 0.0
     engine.close()
 

@@ -60,6 +60,13 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * {@code schemas/InputEvent.avsc}, and each object has {@code "text"} instead of the label,
  * score and entities.
  *
+ * <p>Stamp: with a schema that has {@code stamp} (EnrichedEvent v4), each object also has
+ * {@code "stamp"}: null (a record enriched before v4), or {@code {"labels_digest":..,
+ * "prompt_digest":..,"examples_digest":..,"fields_digest":..,"candidate":..}}, each a string
+ * ({@code "sha256:"} and 16 hex digits) or null: what made the record besides its models. Two
+ * records with equal {@code models} and {@code stamp} came from the same configuration.
+ * {@code event.getStamp().getPromptDigest()} with generated classes.
+ *
  * <p>Usage: {@code EnrichedEventConsumer BOOTSTRAP TOPIC GROUP SCHEMA.avsc EXPECTED TIMEOUT_S}.
  * It stops after EXPECTED distinct event ids (exit 0) or after TIMEOUT_S seconds (exit 1).
  */
@@ -177,6 +184,29 @@ public final class EnrichedEventConsumer {
                 out.append("null");
             } else {
                 quote(out, redacted.toString());
+            }
+        }
+        if (event.getSchema().getField("stamp") != null) {
+            out.append(",\"stamp\":");
+            GenericRecord stamp = (GenericRecord) event.get("stamp"); // null before v4
+            if (stamp == null) {
+                out.append("null");
+            } else {
+                out.append('{');
+                boolean firstDigest = true;
+                for (Schema.Field field : stamp.getSchema().getFields()) { // in schema order
+                    Object value = stamp.get(field.name()); // Utf8, or null
+                    out.append(firstDigest ? "" : ",");
+                    quote(out, field.name());
+                    out.append(':');
+                    if (value == null) {
+                        out.append("null");
+                    } else {
+                        quote(out, value.toString());
+                    }
+                    firstDigest = false;
+                }
+                out.append('}');
             }
         }
         if (event.getSchema().getField("field_confidence") != null) {
