@@ -618,6 +618,46 @@ def replay(
                   f"{result.read / elapsed:.1f} events/s", soft_wrap=True)
 
 
+@app.command()
+def compare(
+    a: str = typer.Argument(..., metavar="A", help="enriched topic A, the reference (e.g. the live output)"),
+    b: str = typer.Argument(..., metavar="B", help="enriched topic B (e.g. a replay's --output-topic, a shadow topic)"),
+    from_: Optional[str] = typer.Option(None, "--from", help="first input event time (ISO-8601, UTC if no "
+                                        "zone, or epoch ms); default: the beginning"),
+    to: Optional[str] = typer.Option(None, help="end time, exclusive; default: everything up to each "
+                                     "partition's end now"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write every figure to this file"),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="also draw the figures as a PNG (matplotlib)"),
+) -> None:
+    """Join two enriched topics by event id and print, per input topic, joined/only-in-one
+    counts, label agreement and confusion, typed-field agreement, entity span F1 and score
+    shifts (docs/replay.md). Reads up to each partition's end now; commits nothing."""
+    from . import compare as cmp
+    from . import replay as rp
+    from .serde.registry import SchemaError
+
+    settings = _settings()
+    start_ms, end_ms = (None if v is None else int(v) if v.lstrip("-").isdigit() else rp.to_ms(_parse_time(v))
+                        for v in (from_, to))
+    try:
+        catalog = cmp.catalog_for(settings, [a, b])
+        sides = [cmp.read_enriched(settings, t, start_ms, end_ms, catalog=catalog) for t in (a, b)]
+    except (ValueError, SchemaError) as exc:
+        _fail(str(exc))
+    result = cmp.compare(*sides)
+    for part in cmp.report(result):
+        console.print(_text(part) if isinstance(part, str) else part)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        console.print(f"figures written to {_text(json_path)}")
+    if chart is not None:
+        try:
+            cmp.plot(result, chart)
+        except ImportError:
+            _fail("--chart needs matplotlib: pip install matplotlib (or the bench extra)")
+        console.print(f"chart written to {_text(chart)}")
+
+
 offsets_app = typer.Typer(help="Inspect and move consumer group offsets.", no_args_is_help=True)
 app.add_typer(offsets_app, name="offsets")
 

@@ -439,7 +439,7 @@ def evaluate(engine: str, *, llm_entities: bool = False, data: Path | None = Non
 
 # ---- tables -------------------------------------------------------------------------------------
 
-def _f(x: float | None, digits: int = 3) -> str:
+def figure(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
@@ -453,9 +453,9 @@ def tables(report: dict) -> list:
         labels.add_column(col, justify="left" if col in ("topic", "label from") else "right")
     for topic, t in report["labels"]["per_topic"].items():
         labels.add_row(topic, report["routes"][topic]["label"], str(t["events"]), str(t["correct"]),
-                       _f(t["accuracy"]))
+                       figure(t["accuracy"]))
     o = report["labels"]["overall"]
-    labels.add_row("overall", "", str(o["events"]), str(o["correct"]), _f(o["accuracy"]))
+    labels.add_row("overall", "", str(o["events"]), str(o["correct"]), figure(o["accuracy"]))
     out.append(labels)
     for topic, f in report["fields"].items():
         t = Table(title=f"Typed fields ({topic}, {f['record']}; not scored: "
@@ -464,7 +464,7 @@ def tables(report: dict) -> list:
                     "true non-null"):
             t.add_column(col, justify="left" if col == "field" else "right")
         for name, s in f["scores"].items():
-            t.add_row(name, _f(s["precision"]), _f(s["recall"]), _f(s["null_accuracy"]), _f(s["accuracy"]),
+            t.add_row(name, figure(s["precision"]), figure(s["recall"]), figure(s["null_accuracy"]), figure(s["accuracy"]),
                       str(s["predicted_non_null"]), str(s["true_non_null"]))
         out.append(t)
     for topic, g in report["grounding"].items():
@@ -473,15 +473,15 @@ def tables(report: dict) -> list:
             t.add_column(col, justify="left" if col == "field" else "right")
         for name, s in g.items():
             t.add_row(name, "yes" if s["grounded"] else "no", str(s["non_null"]), str(s["in_text"]),
-                      _f(s["share"]))
+                      figure(s["share"]))
         out.append(t)
     sources = sorted({r["entities"] for r in report["routes"].values()})
     ents = Table(title=f"Entities by (type, text), from {' and '.join(sources)}")
     for col in ("type", "true", "predicted", "TP", "precision", "recall", "F1"):
         ents.add_column(col, justify="left" if col == "type" else "right")
     for kind, s in [*report["entities"]["per_type"].items(), ("overall", report["entities"]["overall"])]:
-        ents.add_row(kind, str(s["true"]), str(s["predicted"]), str(s["tp"]), _f(s["precision"]),
-                     _f(s["recall"]), _f(s["f1"]))
+        ents.add_row(kind, str(s["true"]), str(s["predicted"]), str(s["tp"]), figure(s["precision"]),
+                     figure(s["recall"]), figure(s["f1"]))
     out.append(ents)
     for what, per_topic in report["calibration"].items():
         for topic, bins in per_topic.items():
@@ -490,7 +490,7 @@ def tables(report: dict) -> list:
             for col in ("confidence", "n", "mean confidence", "accuracy"):
                 t.add_column(col, justify="right")
             for b in bins:
-                t.add_row(f"{b['from']:.1f}-{b['to']:.1f}", str(b["n"]), _f(b["mean_confidence"]),
-                          _f(b["accuracy"]))
+                t.add_row(f"{b['from']:.1f}-{b['to']:.1f}", str(b["n"]), figure(b["mean_confidence"]),
+                          figure(b["accuracy"]))
             out.append(t)
     return out
