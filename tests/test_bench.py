@@ -202,15 +202,17 @@ def test_engine_figures_come_from_the_workers_metrics_text():
     telemetry, runner = Telemetry.create(service_name="bench-test"), InferenceThread("bench-fill")
     telemetry.metrics.watch_engine(runner)
     before = stream.engine_meters(telemetry.prometheus_text()[0].decode()) | {"at": 0.0}
-    assert before == {"busy_s": 0.0, "fill_sum": 0.0, "passes": 0.0, "at": 0.0}
+    assert before == {"busy_s": 0.0, "fill_sum": 0.0, "passes": 0.0, "batch_events": 0.0, "batches": 0.0,
+                      "at": 0.0}
     runner.infer(lambda: [runner.batch_filled(rows, 8, "encoder") for rows in (8, 8, 2)])
     runner.infer(runner.batch_filled, 1, 2, "llm")  # every engine's series count
     after = stream.engine_meters(telemetry.prometheus_text()[0].decode())
     assert after["busy_s"] == pytest.approx(runner.busy_seconds()) and after["busy_s"] > 0
     assert (after["fill_sum"], after["passes"]) == (2.75, 4.0)
-    figures = stream.engine_figures({"busy_s": 1.0, "fill_sum": 2.0, "passes": 4.0, "at": 10.0},
-                                    {"busy_s": 10.0, "fill_sum": 5.0, "passes": 8.0, "at": 20.0})
-    assert figures == {"engine_duty_cycle": 0.9, "batch_fill": 0.75}
+    figures = stream.engine_figures(
+        {"busy_s": 1.0, "fill_sum": 2.0, "passes": 4.0, "batch_events": 100.0, "batches": 2.0, "at": 10.0},
+        {"busy_s": 10.0, "fill_sum": 5.0, "passes": 8.0, "batch_events": 612.0, "batches": 4.0, "at": 20.0})
+    assert figures == {"engine_duty_cycle": 0.9, "batch_fill": 0.75, "mean_batch": 256.0}
     idle = stream.engine_figures(before, before | {"at": 5.0})
     assert idle["engine_duty_cycle"] == 0.0 and math.isnan(idle["batch_fill"])  # no pass: no fill
     telemetry.shutdown()

@@ -238,7 +238,7 @@ def test_first_outputs_reach_the_broker_while_the_batch_is_still_inferred(broker
 
     name = f"chunks{uuid.uuid4().hex[:6]}"
     settings = Settings(kafka_bootstrap=broker.bootstrap, topics=[{"input": name, "labels": {"a": "b"}}],
-                        topic_partitions=1, output_chunk=10,
+                        topic_partitions=1, output_chunk=10, model_batch=10,
                         schema_registry_url=f"mock://chunks-{uuid.uuid4().hex}")
     ensure_topics(settings)
     catalog = SchemaCatalog.from_settings(settings)
@@ -254,9 +254,11 @@ def test_first_outputs_reach_the_broker_while_the_batch_is_still_inferred(broker
             return super().commit(records)
 
     def hook():
-        if len(log.calls) == 3:  # the third call of the engine: the third group
+        # Groups of 2 (a quarter of the model batch), 10, 10 and 3: the engine's third call is
+        # the third group, after the first two (12 records) were sent.
+        if len(log.calls) == 3:
             deadline = time.monotonic() + 10
-            while len(read) < 10 and time.monotonic() < deadline:
+            while len(read) < 12 and time.monotonic() < deadline:
                 read.extend(m for m in reader.consume(10, 0.5) if not m.error())
             seen.append(len(read))
 
@@ -269,6 +271,6 @@ def test_first_outputs_reach_the_broker_while_the_batch_is_still_inferred(broker
         read.extend(m for m in reader.consume(100, 0.5) if not m.error())
     reader.close()
     rt.producer._producer.flush(5)
-    assert seen == [10]  # the first group was on the broker before the third was inferred
+    assert seen == [12]  # the first groups were on the broker before the third was inferred
     assert sorted(m.key() for m in read) == sorted(f"k{i}".encode() for i in range(25))
     assert log.calls[-1] == ("commit", (0, 24))

@@ -258,7 +258,7 @@ def queue_depth(reader) -> dict:
 
 
 def queue_batch() -> list:
-    """40 events (groups of 32 and 8 with outputs emitted), a tombstone and an undecodable record."""
+    """40 events (groups of 8 and 32 with outputs emitted), a tombstone and an undecodable record."""
     return [record(i, event(f"w{i}")) for i in range(40)] + [record(40, None), record(41, b"x")]
 
 
@@ -272,7 +272,7 @@ def test_queue_depth_holds_the_events_not_yet_given_to_the_engine(runtime, setti
     if queued:
         captured.telemetry.add_queued(42, TOPIC)
     enrich_records(runtime, settings.route(TOPIC), queue_batch(), emit=lambda out: None, queued=queued)
-    assert sampling.seen == [{TOPIC: 8}, {TOPIC: 0}]
+    assert sampling.seen == [{TOPIC: 32}, {TOPIC: 0}]
     assert queue_depth(captured.metrics) == {TOPIC: 0}
 
 
