@@ -593,7 +593,7 @@ def replay(
     from .runtime import Runtime
     from .serde.registry import SchemaError
 
-    runtime = Runtime.load(settings)
+    runtime = Runtime.load(settings.without_candidates())  # a replay runs no candidate
     started = time.perf_counter()
     with Progress(TextColumn("partition {task.fields[p]}"), BarColumn(), MofNCompleteColumn(),
                   console=console) as bars:

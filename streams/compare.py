@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from . import replay as rp
+from .agreement import spans
 from .eval import figure as fmt
 from .eval import entity_scores, ratio
 from .kafka import consumer
@@ -177,8 +178,8 @@ def _compare_topic(topic: str, a: dict[str, dict], b: dict[str, dict], dups_a: i
             shifts.append(float(cb["score"]) - float(ca["score"]))
         else:
             differs.append(eid)
-        spans_a.append(_spans(a[eid]))
-        spans_b.append(_spans(b[eid]))
+        spans_a.append(spans(a[eid]))  # eval.entity_scores: the position is the "text"
+        spans_b.append(spans(b[eid]))
     agreed = len(shifts)
     return TopicComparison(
         input_topic=topic, joined=len(joined), only_a=len(set(a) - set(b)), only_b=len(set(b) - set(a)),
@@ -189,12 +190,6 @@ def _compare_topic(topic: str, a: dict[str, dict], b: dict[str, dict], dups_a: i
         models_a=_models(a.values()), models_b=_models(b.values()),
         samples={"only_a": sorted(set(a) - set(b))[:SAMPLE_IDS],
                  "only_b": sorted(set(b) - set(a))[:SAMPLE_IDS], "label_differs": differs[:SAMPLE_IDS]})
-
-
-def _spans(record: dict) -> list[tuple[str, str]]:
-    """(label, "start:end") pairs: eval.entity_scores counts (type, text) pairs, and a span's
-    position written out is its "text" here (never the event's text)."""
-    return [(e["label"], f"{e['start']}:{e['end']}") for e in record.get("entities") or ()]
 
 
 def score_shift(shifts: Sequence[float]) -> dict:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .agreement import agreement
 from .dlq import dead_letter, no_headers
 from .enrich import SourceRecord, enriched_record, redacted_copy
 from .errors import FatalError, RetriableError, describe, sanitize
 from .produce import record_size
 from .records import InRecord, OutRecord
-from .runtime import InferenceFailure, Runtime
+from .runtime import InferenceFailure, Runtime, Shadow
 from .serde import DecodeError, InputEvent, decode_input
 from .settings import TopicRoute
 from .telemetry import BatchTrace, replace_trace_headers
@@ -86,20 +87,41 @@ def enrich_records(runtime: Runtime, route: TopicRoute, records: Sequence[InReco
     return result
 
 
+@dataclass(slots=True)
+class _Lane:
+    """Where one configuration's records of a batch go: the route's own (`kind` "output"), or
+    its candidate's (`Shadow`, kind "shadow"): the route (output and DLQ topics), the models and
+    stamp its records carry, their release in input order, the dead letters for the metrics."""
+
+    route: TopicRoute
+    models: list
+    stamp: dict
+    order: InOrder
+    kind: str = "output"
+    bad: list[tuple[InRecord, str]] = field(default_factory=list)  # (record, reason)
+    made: dict[int, dict] = field(default_factory=dict)  # record index -> its enriched record
+
+
 class _Batch:
     """One call of `enrich_records`, step by step: `decode` every record, then `infer` and
     `encode` the decoded events group by group, each record's outcome (an output, a dead
     letter, or nothing for a tombstone) settled in `order` and `release`d as soon as its
-    partition's earlier records are; last, the batch's metrics."""
+    partition's earlier records are; then the route's candidate, if it has one, on its share
+    of the events (`run_shadow`); last, the batch's metrics."""
 
     def __init__(self, runtime: Runtime, route: TopicRoute, records: Sequence[InRecord],
                  more: Headers, trace: BatchTrace | None, emit: Emit | None, queued: bool = False):
         self.runtime, self.route, self.records = runtime, route, records
         self.more, self.trace, self.emit = more, trace, emit
         self.waiting = len(records) if queued else 0  # this batch's share of the queue depth
-        self.order = InOrder(records)
+        self.live = _Lane(route, runtime.models[route.input], runtime.stamps[route.input], InOrder(records))
+        self.order = self.live.order
+        # A replay's route has no candidate (`Settings.without_candidates`): none runs there.
+        self.shadow: Shadow | None = runtime.shadows.get(route.input) if route.candidate is not None else None
+        self.shadow_lane = None if self.shadow is None else _Lane(
+            self.shadow.route, self.shadow.models, self.shadow.stamp, InOrder(records), "shadow")
         self.result = BatchResult(out=[])
-        self.bad: list[tuple[InRecord, str]] = []  # (record, reason), for the metrics
+        self.bad = self.live.bad  # (record, reason), for the metrics
         self.tombstone_partitions: list[int] = []
 
     def run(self) -> BatchResult:
@@ -112,8 +134,10 @@ class _Batch:
             for group in _groups(decoded, head, settings.output_chunk or None):
                 self.queue(self.waiting - len(group))  # in the engine now, no longer ahead of it
                 inferred, ms = self.infer(group)
-                self.encode(group, inferred, ms)
+                self.encode(self.live, group, inferred, ms)
                 self.release()
+            if self.shadow is not None:
+                self.run_shadow(decoded)
         finally:
             self.queue(0)  # a batch that failed is retried whole: its events wait no more
         self.result.dead = len(self.bad)
@@ -162,69 +186,107 @@ class _Batch:
             self.trace.inference([i for i, _, _ in group], start_ns, time.time_ns())
         return inferred, ms
 
-    def encode(self, group: list[Decoded], inferred: list, inference_ms: float) -> None:
+    def run_shadow(self, decoded: list[Decoded]) -> None:
+        """The route's candidate on its share of the decoded events, after the live records
+        have all been made (and emitted): one engine call, each record to the candidate's
+        output or, failing, to its DLQ (`encode` and `dead` on the shadow lane); none of it
+        touches a live record. An engine that fails even on a probe text dead-letters the
+        candidate's events of this batch ("candidate_failed"), it does not stop the live path;
+        the registry or the broker failing retries the whole batch, as for live records."""
+        shadow, lane, runtime = self.shadow, self.shadow_lane, self.runtime
+        chosen = [d for d in decoded if shadow.candidate.takes(d[2].event_id)]
+        taken = {i for i, _, _ in chosen}
+        for i in range(len(self.records)):
+            if i not in taken:
+                lane.order.settle(i, None)
+        t0 = time.perf_counter()
+        try:
+            inferred = runtime.infer([e.text for _, _, e in chosen], shadow.labels, self.route.input,
+                                     engine=shadow.engine)
+        except RetriableError as exc:
+            log.warning("candidate %s of %s failed on a probe text too: its %d events of this batch are "
+                        "dead-lettered (%s)", shadow.candidate.name, self.route.input, len(chosen), exc)
+            inferred = [InferenceFailure(exc, "candidate_failed")] * len(chosen)
+        self.encode(lane, chosen, inferred, (time.perf_counter() - t0) * 1000)
+        self.release()
+        live = self.live.made
+        runtime.telemetry.metrics.record_shadow(
+            self.route.input, shadow.candidate.name, len(lane.made), [reason for _, reason in lane.bad],
+            [agreement(live[i], made) for i, made in lane.made.items() if i in live])
+
+    def encode(self, lane: _Lane, group: list[Decoded], inferred: list, inference_ms: float) -> None:
         """Each event's enriched record, Avro-encoded, sized for the producer, settled; an event
         the engine failed on, or whose record cannot be encoded or sent, as a dead letter. A
         redacting route's record carries the redacted text, and with a copy topic the event
-        settles as two records (enriched, redacted copy), committed only once both are acked."""
-        runtime, route, trace, more = self.runtime, self.route, self.trace, self.more
-        producer, models, stamp = runtime.producer, runtime.models[route.input], runtime.stamps[route.input]
+        settles as two records (enriched, redacted copy), committed only once both are acked.
+        `lane`: the live route's, or its candidate's (its records untraced, with no copy)."""
+        runtime, route, more = self.runtime, lane.route, self.more
+        trace = self.trace if lane.kind == "output" else None
+        producer, models, stamp = runtime.producer, lane.models, lane.stamp
         redactor = runtime.redactors.get(route.input)
-        order, result = self.order, self.result
+        order, result = lane.order, self.result
+        keep = self.shadow is not None  # the live records are compared with the candidate's
         for (i, rec, event), inference in zip(group, inferred):
             if isinstance(inference, InferenceFailure):
                 self.dead(i, rec, inference.reason, describe(inference.exc), type(inference.exc).__name__,
-                          inference.exc)
+                          inference.exc, lane)
                 continue
             source = SourceRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
             copy = None
             try:
                 redacted = None if redactor is None else redactor.redact(event.text, inference.entities)
-                value = runtime.catalog.encode_enriched(
-                    enriched_record(event, inference, source, models, inference_ms, redacted, stamp),
-                    route.output)
+                made = enriched_record(event, inference, source, models, inference_ms, redacted, stamp)
+                value = runtime.catalog.encode_enriched(made, route.output)
                 if redacted is not None and route.copy_topic:
                     copy = redacted_copy(event, redacted, rec.value, route.copy_topic, runtime.catalog)
             except (RetriableError, FatalError):
                 raise  # the registry, not the record: waited for or fatal (serde.registry_failure)
             except Exception as exc:  # noqa: BLE001
-                self.dead(i, rec, "encode_error", describe(exc), type(exc).__name__, exc)
+                self.dead(i, rec, "encode_error", describe(exc), type(exc).__name__, exc, lane)
                 continue
             key = rec.key if rec.key is not None else event.event_id.encode()
             if trace is None:
                 headers = [*rec.headers, *more(rec)]
             else:  # this worker's context replaces the producer's: subscribers continue the trace
                 headers = [*replace_trace_headers(rec.headers, trace.send(i, route.output)), *more(rec)]
-            outs = [OutRecord(route.output, key, value, headers, "output", rec)]
+            outs = [OutRecord(route.output, key, value, headers, lane.kind, rec)]
             if copy is not None:
                 outs.append(OutRecord(route.copy_topic, key, copy, headers, "copy", rec))
             large = next((o for o in outs if not producer.fits(o)), None)
             if large is not None:  # sized before producing: librdkafka would refuse it
                 what = "enriched record" if large.kind == "output" else "redacted copy"
                 self.dead(i, rec, "output_too_large", f"the {what} would be {record_size(large)} "
-                          f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge")
+                          f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge",
+                          lane=lane)
                 continue
             order.settle(i, outs if copy is not None else outs[0])
-            result.enriched += 1
+            if keep:
+                lane.made[i] = made
+            if lane.kind == "output":
+                result.enriched += 1
 
     def dead(self, i: int, rec: InRecord, reason: str, message: str, error_class: str,
-             exc: BaseException | None = None) -> None:
-        """Record `i` settles as a dead letter (logged, counted, traced)."""
-        trace = self.trace
+             exc: BaseException | None = None, lane: _Lane | None = None) -> None:
+        """Record `i` settles as a dead letter (logged, counted, traced) in `lane` (default the
+        live route's; a candidate's to its own DLQ, untraced)."""
+        lane = lane or self.live
+        trace = self.trace if lane.kind == "output" else None
         if trace is None:
-            _log_dead_letter(rec, reason, message)
+            _log_dead_letter(rec, reason, message, lane.route.dlq)
         else:
             with trace.current(i):  # the line carries the event's (the producer's) trace id
-                _log_dead_letter(rec, reason, message)
-        self.bad.append((rec, reason))
-        self.order.settle(i, dead_letter(
-            rec, self.route.dlq, reason, message, error_class, worker_id=self.runtime.worker_id,
+                _log_dead_letter(rec, reason, message, lane.route.dlq)
+        lane.bad.append((rec, reason))
+        lane.order.settle(i, dead_letter(
+            rec, lane.route.dlq, reason, message, error_class, worker_id=self.runtime.worker_id,
             fits=self.runtime.producer.fits, exc=exc, more=self.more,
             trace_context=None if trace is None else trace.send(i, self.route.dlq, reason)))
 
     def release(self) -> None:
         """What can leave now (`InOrder.release`): emitted, and kept in the result."""
         ready = self.order.release()
+        if self.shadow_lane is not None:
+            ready += self.shadow_lane.order.release()
         if self.emit is not None and ready:
             self.emit(ready)
         self.result.out.extend(ready)
@@ -296,6 +358,6 @@ class InOrder:
         return out
 
 
-def _log_dead_letter(rec: InRecord, reason: str, message: str) -> None:
-    log.warning("dead-lettering %s[%d]@%d: %s (%s)", rec.topic, rec.partition, rec.offset, reason,
+def _log_dead_letter(rec: InRecord, reason: str, message: str, dlq: str) -> None:
+    log.warning("dead-lettering %s[%d]@%d to %s: %s (%s)", rec.topic, rec.partition, rec.offset, dlq, reason,
                 sanitize(message, 200))

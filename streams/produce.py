@@ -163,30 +163,35 @@ def _action(err: KafkaError):
     return "RETRY" if producer_state_lost(err) else classify_delivery(err)
 
 
+# What a refused output is called in the log, and the reason of the dead letter in its place.
+OUTPUTS = {"output": ("enriched record", "output_rejected"), "copy": ("redacted copy", "copy_rejected"),
+           "shadow": ("candidate's record", "shadow_rejected")}
+
+
 def deliver(producer: AckingProducer, out: list[OutRecord], timeout: float | None = None, *,
-            sent: bool = False, worker_id: str, dlq_topic: Callable[[str], str]) -> None:
-    """Produce a batch's records and wait for the broker's acknowledgements. An output the
-    broker refuses for good is dead-lettered in its place (to `dlq_topic(input topic)`); a
-    refused dead letter goes again without the original bytes and headers; a refused bare dead
-    letter is fatal (the DLQ topic itself does not take records). `sent`: `out` was already
-    handed to `producer.send`; only the acknowledgements are awaited."""
+            sent: bool = False, worker_id: str, dlq_topic: Callable[[OutRecord], str]) -> None:
+    """Produce a batch's records and wait for the broker's acknowledgements. An output (an
+    enriched record, a redacted copy, a candidate's shadow record) the broker refuses for good
+    is dead-lettered in its place (to `dlq_topic(that record)`); a refused dead letter goes again,
+    to the same topic, without the original bytes and headers; a refused bare dead letter is
+    fatal (the DLQ topic itself does not take records). `sent`: `out` was already handed to
+    `producer.send`; only the acknowledgements are awaited."""
     rejected = producer.deliver(out, timeout, sent=sent)
     while rejected:
         again = []
         for record, why in rejected:
             rec = record.source
-            if record.kind in ("output", "copy"):  # the enriched record, or its redacted copy
-                what, reason = (("enriched record", "output_rejected") if record.kind == "output"
-                                else ("redacted copy", "copy_rejected"))
+            if record.kind in OUTPUTS:  # the enriched record, its redacted copy, a shadow record
+                what, reason = OUTPUTS[record.kind]
                 log.warning("the broker refused the %s of %s[%d]@%d (%s); dead-lettering it",
                             what, rec.topic, rec.partition, rec.offset, why)
-                again.append(dead_letter(rec, dlq_topic(rec.topic), reason, why, "KafkaError",
+                again.append(dead_letter(rec, dlq_topic(record), reason, why, "KafkaError",
                                          worker_id=worker_id, fits=producer.fits))
             elif record.kind == "dlq":
                 log.warning("the broker refused the dead letter of %s[%d]@%d (%s); sending it without "
                             "the original bytes", rec.topic, rec.partition, rec.offset, why)
                 reason = dict(record.headers or []).get(PREFIX + "reason", b"unknown").decode()
-                again.append(dead_letter(rec, dlq_topic(rec.topic), reason, why, "KafkaError",
+                again.append(dead_letter(rec, record.topic, reason, why, "KafkaError",
                                          worker_id=worker_id, fits=producer.fits, bare=True))
             else:
                 raise FatalError(f"the DLQ topic {record.topic!r} refuses even a bare dead letter ({why}): "

@@ -31,7 +31,8 @@ class OutRecord:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] | None = None
-    # What it is: "output" (an enriched event), "copy" (a redacted copy of the input), "dlq" (a
+    # What it is: "output" (an enriched event), "copy" (a redacted copy of the input), "shadow"
+    # (a route's candidate's enriched event, to its shadow topic), "dlq" (a
     # dead letter with the original bytes), "dlq_bare" (a dead letter with provenance only), and
     # the record it was made from: a refused output or dead letter is re-made from it.
     kind: str = "output"

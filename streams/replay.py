@@ -297,7 +297,7 @@ def run_replay(runtime: Runtime, settings: Settings, *, topic: str, start_ms: in
         raise ValueError(f"output topic {output!r} is an input topic: refusing to replay into it")
     # A new output topic: its subject, with the schema of the route's own output topic.
     runtime.catalog.register_output(output, like=settings.route(topic).output)
-    route = settings.route(topic).model_copy(update={"output": output})
+    route = settings.route(topic).model_copy(update={"output": output, "candidate": None})  # no shadow
     version = ",".join(sorted({m.version for m in runtime.engine.models}))
     progress = Progress()
     cons = make_consumer(settings, replay_group(rid), **READER_CONF)

@@ -12,17 +12,18 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import produce
-from .engine import Engine, Inference, LabelSet, NoopEngine
+from .engine import Engine, Inference, LabelSet, ModelInfo, NoopEngine
 from .engine.thread import inference_thread
 from .errors import RetriableError, describe
 from .kafka import ensure_output_topics
 from .produce import AckingProducer
 from .records import OutRecord
 from .serde import SchemaCatalog
-from .settings import Settings
+from .settings import Candidate, Settings, TopicRoute
 from .stamp import route_stamp
 from .telemetry import Telemetry, default_telemetry
 
@@ -45,14 +46,38 @@ class InferenceFailure:
     reason: str = "inference_error"
 
 
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A route's candidate, loaded (`TopicRoute.candidate`): its engine, and what its records
+    are made with and where they go: its route (`TopicRoute.shadow`), labels, models, stamp
+    (`candidate` set to its name)."""
+
+    candidate: Candidate
+    route: TopicRoute
+    engine: Engine
+    labels: LabelSet
+    models: list[ModelInfo]
+    stamp: dict
+
+    @classmethod
+    def of(cls, route: TopicRoute, engine: Engine, schema_dir) -> "Shadow":
+        shadow = route.shadow()
+        stamp = route_stamp(shadow, schema_dir, engine.prompt_for(route.input)) | {"candidate": route.candidate.name}
+        return cls(route.candidate, shadow, engine, LabelSet.from_mapping(shadow.labels),
+                   engine.models_for(route.input), stamp)
+
+
 class Runtime:
     """What a worker loads once at start-up: topics, schemas, models, a producer. Failing here
     is the point: a missing model or unreachable registry stops it before it takes any event.
 
-    `engine_factory(settings, telemetry)` makes the engine again when it broke (`reload_engine`)."""
+    `engine_factory(settings, telemetry)` makes the engine again when it broke (`reload_engine`).
+    `candidates`: per input topic whose route names a candidate, the candidate's engine (made by
+    the same factory from `Settings.candidate_settings`); `shadows` holds them loaded."""
 
     def __init__(self, settings: Settings, engine: Engine, catalog: SchemaCatalog, producer: AckingProducer,
-                 *, telemetry: Telemetry | None = None, engine_factory: EngineFactory | None = None):
+                 *, telemetry: Telemetry | None = None, engine_factory: EngineFactory | None = None,
+                 candidates: dict[str, Engine] | None = None):
         self.settings = settings
         # Traces/metrics; by default the process's own, configured by the OTEL_* environment.
         self.telemetry = telemetry if telemetry is not None else \
@@ -70,6 +95,7 @@ class Runtime:
         # What else made them (EnrichedEvent `stamp`): digests of each topic's labels, LLM prompt
         # and examples, field record; computed here, once, and shared by its every record.
         self.stamps = self._stamps()
+        self.shadows = self._shadows(candidates or {})
         self.worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         # Per input topic with a redaction policy, its redactor (the pseudonym key inside).
         self.redactors = settings.redactors()
@@ -90,13 +116,16 @@ class Runtime:
         if telemetry is None:  # made here: the LLM engine counts its dropped spans in it
             telemetry = default_telemetry(settings.app_id, settings.app_id)
         factory = engine_factory if engine_factory is not None else load_engines
-        engine = inference_thread.call(load_engine, factory, settings, telemetry)
+        engine, candidates = load_all(factory, settings, telemetry)
         if producer is None:
             producer = acking_producer(settings)
-        runtime = cls(settings, engine, catalog, producer, telemetry=telemetry, engine_factory=factory)
+        runtime = cls(settings, engine, catalog, producer, telemetry=telemetry, engine_factory=factory,
+                      candidates=candidates)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
-        for topic, stamp in runtime.stamps.items():  # digests only: no event text, no secret
-            log.info("records of %s are stamped %s", topic,
+        stamps = [(t, s) for t, s in runtime.stamps.items()] + \
+            [(f"{s.route.output} (candidate of {t})", s.stamp) for t, s in runtime.shadows.items()]
+        for what, stamp in stamps:  # digests only: no event text, no secret
+            log.info("records of %s are stamped %s", what,
                      " ".join(f"{k}={v}" for k, v in stamp.items() if v is not None) or "(nothing)")
         runtime.telemetry.record_retry(None)  # healthy: the degraded gauge and retry counter start at 0
         return runtime
@@ -105,53 +134,62 @@ class Runtime:
         return {r.input: route_stamp(r, self.settings.schema_dir, self.engine.prompt_for(r.input))
                 for r in self.settings.topics}
 
+    def _shadows(self, engines: dict[str, Engine]) -> dict[str, Shadow]:
+        return {r.input: Shadow.of(r, engines[r.input], self.settings.schema_dir)
+                for r in self.settings.topics if r.candidate is not None}
+
     # ---- inference ------------------------------------------------------------------------------
 
-    def infer(self, texts: Sequence[str], labels: LabelSet,
-              topic: str | None = None) -> list[Inference | InferenceFailure]:
+    def infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None = None,
+              engine: Engine | None = None) -> list[Inference | InferenceFailure]:
         """Run a batch; if it fails (an exception, out of memory), split it and retry the
         halves, so one bad event fails alone and its neighbours are still enriched. An event
         that fails alone is bad data only if the engine still works: a probe text must pass,
         else the engine is broken (`RetriableError("accelerator")`: the worker reloads it).
         A text the engine failed on its own while working (an LLM output cut off by the token
-        cap) fails alone at once, with the engine's reason, and needs no probe."""
-        out = self._infer_split(texts, labels, topic)
+        cap) fails alone at once, with the engine's reason, and needs no probe.
+        `engine`: a candidate's (`Shadow.engine`), default the route's own."""
+        engine = engine or self.engine
+        out = self._infer_split(engine, texts, labels, topic)
         failures = sum(isinstance(r, InferenceFailure) and r.reason == "inference_error" for r in out)
         if failures:
             try:
-                self._engine_infer([PROBE_TEXT], labels, topic)
+                self._engine_infer(engine, [PROBE_TEXT], labels, topic)
             except Exception as exc:  # noqa: BLE001 - not the events' fault
                 _free_accelerator_memory()
                 raise RetriableError("accelerator", f"the models fail on a probe text too: "
                                                     f"{describe(exc)}") from exc
         return out
 
-    def _engine_infer(self, texts: Sequence[str], labels: LabelSet, topic: str | None):
+    @staticmethod
+    def _engine_infer(engine: Engine, texts: Sequence[str], labels: LabelSet, topic: str | None):
         """On the one inference thread (streams/engine/thread.py), whichever source calls, its
         time counted as the engine's busy time. An engine that runs no torch (the no-op engine)
         is called in place: the stream ceiling it measures is the stream's alone, without a
         thread hand-off per batch (and its duty cycle is 0)."""
-        if not self.engine.runs_models:
-            return self.engine.infer(texts, labels, topic)
-        return inference_thread.infer(self.engine.infer, texts, labels, topic)
+        if not engine.runs_models:
+            return engine.infer(texts, labels, topic)
+        return inference_thread.infer(engine.infer, texts, labels, topic)
 
-    def _infer_split(self, texts: Sequence[str], labels: LabelSet,
+    def _infer_split(self, engine: Engine, texts: Sequence[str], labels: LabelSet,
                      topic: str | None = None) -> list[Inference | InferenceFailure]:
         try:
-            results = self._engine_infer(texts, labels, topic)
+            results = self._engine_infer(engine, texts, labels, topic)
         except Exception as exc:  # noqa: BLE001 - every failure is contained to its events
             _free_accelerator_memory()
             if len(texts) == 1:
                 return [InferenceFailure(exc)]
             mid = len(texts) // 2
-            return self._infer_split(texts[:mid], labels, topic) + self._infer_split(texts[mid:], labels, topic)
+            return self._infer_split(engine, texts[:mid], labels, topic) + \
+                self._infer_split(engine, texts[mid:], labels, topic)
         return [InferenceFailure(r, getattr(r, "reason", "inference_error")) if isinstance(r, Exception) else r
                 for r in results]
 
     def reload_engine(self) -> None:
         """Load the models again (after the engine failed on a probe text)."""
-        self.engine = inference_thread.call(load_engine, self.engine_factory, self.settings, self.telemetry)
+        self.engine, candidates = load_all(self.engine_factory, self.settings, self.telemetry)
         self.stamps = self._stamps()  # the same settings: the same stamps, from the new engine
+        self.shadows = self._shadows(candidates)
 
     # ---- batch sizes ----------------------------------------------------------------------------
 
@@ -173,11 +211,17 @@ def deliver(runtime: Runtime, out: list[OutRecord], timeout: float | None = None
             sent: bool = False) -> None:
     """Produce a batch's records through `runtime.producer` and wait for the broker's
     acknowledgements; a record the broker refuses for good is dead-lettered in its place, to its
-    topic's DLQ, as this worker's (`streams.produce.deliver`). `sent`: `out` was already handed to
-    `runtime.producer.send` (as `enrich_records` emitted it); only the acknowledgements are awaited."""
+    route's DLQ (a shadow record to its candidate's), as this worker's (`streams.produce.deliver`).
+    `sent`: `out` was already handed to `runtime.producer.send` (as `enrich_records` emitted it);
+    only the acknowledgements are awaited."""
     settings = runtime.settings
+
+    def dlq_topic(record: OutRecord) -> str:
+        route = settings.route(record.source.topic)
+        return route.candidate.dlq if record.kind == "shadow" else route.dlq
+
     produce.deliver(runtime.producer, out, timeout, sent=sent, worker_id=runtime.worker_id,
-                    dlq_topic=lambda topic: settings.route(topic).dlq)
+                    dlq_topic=dlq_topic)
 
 
 def _free_accelerator_memory() -> None:
@@ -210,27 +254,45 @@ def load_engine(factory: EngineFactory, settings: Settings, telemetry: Telemetry
     return engine
 
 
-def load_engines(settings: Settings, telemetry: Telemetry | None = None) -> Engine:
+def load_all(factory: EngineFactory, settings: Settings,
+             telemetry: Telemetry | None) -> tuple[Engine, dict[str, Engine]]:
+    """The routes' engine, and per route with a candidate the candidate's engine, from its
+    settings (`Settings.candidate_settings`); each made by `factory` and warmed up on the
+    inference thread. With `load_engines`, a candidate that runs the route's encoder models
+    gets the same ones, loaded once."""
+    if factory is load_engines:
+        factory = partial(load_engines, shared={})
+    engine = inference_thread.call(load_engine, factory, settings, telemetry)
+    candidates = {r.input: inference_thread.call(load_engine, factory, settings.candidate_settings(r), telemetry)
+                  for r in settings.topics if r.candidate is not None}
+    return engine, candidates
+
+
+def load_engines(settings: Settings, telemetry: Telemetry | None = None, *,
+                 shared: dict | None = None) -> Engine:
     """The engines the configured topics need: the encoder models when a topic takes its
     entities or label from them, the LLM when one takes anything from it (each topic's grammar
     and prompt prepared here, at start-up, from the JSON Schema of its field record). `telemetry`
-    counts the LLM's dropped spans and ungrounded values."""
+    counts the LLM's dropped spans and ungrounded values. `shared`: encoder engines already
+    loaded by their settings, reused (a candidate with the route's encoder models); an LLM
+    engine holds its topics' tasks, so each set of routes gets its own."""
     from .engine import EncoderEngine  # torch: imported when the models load, not with the app
     from .engine.topics import TopicEngines
 
     plans = topic_plans(settings)
     encoder = llm = None
     if any(p.uses_encoder for p in plans.values()):
-        if settings.engine == "noop":
-            encoder = NoopEngine()
-        else:
-            encoder = EncoderEngine.load(settings.ner_model, settings.classifier_model,
-                                         cache_dir=settings.model_cache, device=settings.device,
-                                         max_batch=settings.model_batch,
-                                         max_tokens=settings.max_tokens_per_pass,
-                                         model_version=settings.model_version,
-                                         overlap_tokenization=settings.overlap_tokenization,
-                                         quantize=settings.quantize, precision=settings.precision)
+        options = dict(cache_dir=settings.model_cache, device=settings.device, max_batch=settings.model_batch,
+                       max_tokens=settings.max_tokens_per_pass, model_version=settings.model_version,
+                       overlap_tokenization=settings.overlap_tokenization, quantize=settings.quantize,
+                       precision=settings.precision)
+        key = repr((settings.engine, settings.ner_model, settings.classifier_model, sorted(options.items())))
+        encoder = (shared or {}).get(key)
+        if encoder is None:
+            encoder = NoopEngine() if settings.engine == "noop" else \
+                EncoderEngine.load(settings.ner_model, settings.classifier_model, **options)
+        if shared is not None:
+            shared[key] = encoder
     if any(p.uses_llm for p in plans.values()):
         llm = load_llm(settings, telemetry)
         for plan in plans.values():

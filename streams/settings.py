@@ -7,11 +7,12 @@ Defaults run against the embedded broker on 127.0.0.1:9092; production sets
 
 from __future__ import annotations
 
+import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redact import KEY_ID, MIN_KEY_BYTES, Pseudonymizer, RedactionPolicy, Redactor
@@ -57,6 +58,43 @@ LLM_DEMO_TOPICS = [
 ]
 
 
+# What a candidate may change of the worker's model settings (the rest it shares with the route).
+CANDIDATE_MODEL_SETTINGS = ("ner_model", "classifier_model", "model_version", "llm_model",
+                            "llm_few_shot", "llm_examples_dir")
+
+
+class Candidate(BaseModel):
+    """Another configuration run beside a route's on a share of its events, its records
+    published to a shadow topic, never to the live output (docs/replay.md, "Shadow a
+    candidate"). Unset fields are the route's (or the worker's) own. Unknown keys are refused:
+    a misspelt `share` must stop the worker, not shadow every event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                      description="stamped on its records (`stamp.candidate`) and its metrics")
+    share: float = Field(100.0, ge=0, le=100, description="percent of the route's events it runs on, "
+                                                          "picked by event id (the same events on "
+                                                          "every worker, retry and replay)")
+    output: str | None = None  # default: "<route output>.shadow"
+    dlq: str | None = None  # default: "<route dlq>.shadow"
+    labels: dict[str, str] | None = None
+    entities_from: Literal["encoder", "llm"] | None = None
+    label_from: Literal["encoder", "llm"] | None = None
+    fields: str | None = None
+    # The worker's model settings it changes: STREAMS_NER_MODEL and so on, by their field names.
+    ner_model: str | None = None
+    classifier_model: str | None = None
+    model_version: str | None = None
+    llm_model: str | None = None
+    llm_few_shot: bool | None = None
+    llm_examples_dir: Path | None = None
+
+    def takes(self, event_id: str) -> bool:
+        """Whether this event is in the share: CRC-32 of its id, in ten-thousandths."""
+        return self.share >= 100 or zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % 10_000 < self.share * 100
+
+
 class TopicRoute(BaseModel):
     """One input topic, where its enriched and dead-lettered records go, and its labels."""
 
@@ -73,12 +111,31 @@ class TopicRoute(BaseModel):
     # Personal data redacted from the text (streams/redact.py, docs/redaction.md): the enriched
     # record carries `redacted_text`, and `redact.copy_topic` gets a redacted copy of the input.
     redact: RedactionPolicy | None = None
+    # Another configuration shadowing this one on a share of the events (`Candidate`).
+    candidate: Candidate | None = None
 
     @model_validator(mode="after")
     def _defaults(self) -> "TopicRoute":
         self.output = self.output or f"{self.input}.enriched"
         self.dlq = self.dlq or f"{self.input}.dlq"
+        if self.candidate is not None:
+            self.candidate.output = self.candidate.output or f"{self.output}.shadow"
+            self.candidate.dlq = self.candidate.dlq or f"{self.dlq}.shadow"
         return self
+
+    def shadow(self) -> "TopicRoute | None":
+        """The candidate as a route of its own: the same input, its output and DLQ, its labels,
+        engines and field record where it names them, the route's otherwise; the same redaction
+        of the text, without a redacted copy (the live route writes that)."""
+        c = self.candidate
+        if c is None:
+            return None
+        redact = None if self.redact is None else self.redact.model_copy(update={"copy_topic": None})
+        return TopicRoute(input=self.input, output=c.output, dlq=c.dlq,
+                          labels=self.labels if c.labels is None else c.labels,
+                          entities_from=c.entities_from or self.entities_from,
+                          label_from=c.label_from or self.label_from,
+                          fields=c.fields or self.fields, redact=redact)
 
     @property
     def copy_topic(self) -> str | None:
@@ -87,8 +144,10 @@ class TopicRoute(BaseModel):
 
     @property
     def produces(self) -> list[str]:
-        """Every topic the worker writes for this route: output, DLQ, redacted copy."""
-        return [self.output, self.dlq, *([self.copy_topic] if self.copy_topic else [])]
+        """Every topic the worker writes for this route: output, DLQ, redacted copy, and the
+        candidate's shadow output and DLQ."""
+        shadow = [self.candidate.output, self.candidate.dlq] if self.candidate is not None else []
+        return [self.output, self.dlq, *([self.copy_topic] if self.copy_topic else []), *shadow]
 
 
 # The support tickets' default: every entity type replaced by its type (`<EMAIL>`), which needs
@@ -313,9 +372,42 @@ class Settings(BaseSettings):
             raise ValueError(f"redaction copy topics must be topics of their own: {', '.join(clash)}")
         return self
 
+    @model_validator(mode="after")
+    def _candidates(self) -> "Settings":
+        """A candidate writes topics of its own: never an input, output, DLQ or copy topic."""
+        written = [t for r in self.topics for t in (r.input, *r.produces)]
+        clash = sorted({t for t in written if written.count(t) > 1})
+        if clash and any(r.candidate is not None for r in self.topics):
+            raise ValueError(f"a candidate's output and DLQ must be topics of their own: {', '.join(clash)}")
+        return self
+
     @cached_property
     def routes(self) -> dict[str, TopicRoute]:
         return {r.input: r for r in self.topics}
+
+    def shadow_routes(self) -> list[TopicRoute]:
+        """The candidates of the routes that have one, as routes (`TopicRoute.shadow`)."""
+        return [r.shadow() for r in self.topics if r.candidate is not None]
+
+    def candidate_settings(self, route: TopicRoute) -> "Settings":
+        """The settings a route's candidate runs with: the worker's, its model settings changed
+        where the candidate names them, and its one route (`TopicRoute.shadow`). The engine for it
+        is loaded from these as the worker's is from its own."""
+        c = route.candidate
+        changes = {k: getattr(c, k) for k in CANDIDATE_MODEL_SETTINGS if getattr(c, k) is not None}
+        return self._copy(changes | {"topics": [route.shadow()]})
+
+    def without_candidates(self) -> "Settings":
+        """These settings with no candidate on any route (`streams replay` runs none)."""
+        if all(r.candidate is None for r in self.topics):
+            return self
+        return self._copy({"topics": [r.model_copy(update={"candidate": None}) for r in self.topics]})
+
+    def _copy(self, update: dict) -> "Settings":
+        """A copy with `update`, its cached `routes` made again from its own topics."""
+        copy = self.model_copy(update=update)
+        copy.__dict__.pop("routes", None)
+        return copy
 
     def route(self, topic: str) -> TopicRoute:
         return self.routes[topic]

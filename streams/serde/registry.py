@@ -143,10 +143,12 @@ class SchemaCatalog:
     @classmethod
     def from_settings(cls, settings) -> "SchemaCatalog":
         # The whole client conf (url, basic auth, TLS files, timeout) from the settings.
+        # The candidates' shadow outputs are output topics as any other (`Settings.shadow_routes`).
+        outputs = [*settings.topics, *settings.shadow_routes()]
         return cls(settings.schema_registry_url, settings.schema_dir,
-                   [r.input for r in settings.topics], [r.output for r in settings.topics],
+                   [r.input for r in settings.topics], [r.output for r in outputs],
                    auto_register=settings.schema_auto_register,
-                   output_fields={r.output: r.fields for r in settings.topics if r.fields},
+                   output_fields={r.output: r.fields for r in outputs if r.fields},
                    client_conf=settings.schema_registry_config(),
                    copy_topics=[r.copy_topic for r in settings.topics if r.copy_topic])
 

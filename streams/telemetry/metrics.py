@@ -31,6 +31,11 @@ counters end in `_total`, seconds in `_seconds`:
 | streams.engine.queue_depth       | streams_engine_queue_depth                   | up-down counter|
 | streams.llm.dropped_spans        | streams_llm_dropped_spans_total              | counter        |
 | streams.llm.ungrounded_values    | streams_llm_ungrounded_values_total{field}   | counter        |
+| streams.shadow.events            | streams_shadow_events_total{candidate,outcome,reason} | counter |
+| streams.shadow.compared          | streams_shadow_compared_total{candidate}     | counter        |
+| streams.shadow.labels_agreed     | streams_shadow_labels_agreed_total{candidate}| counter        |
+| streams.shadow.entity_spans      | streams_shadow_entity_spans_total{candidate,side} | counter   |
+| streams.shadow.fields            | streams_shadow_fields_total{candidate,result}| counter        |
 
 The engine's duty cycle, from the one inference thread (streams/engine/thread.py), so for the
 whole process, without the topic: `streams.engine.busy` is the seconds its inference calls ran
@@ -41,6 +46,13 @@ pass, its rows over the rows the engine allows at that length (`max_batch`, fewe
 token cap allows fewer), `encoder` one value per pass, `llm` one per generation pass (the mean
 over its decoding steps). `streams.engine.queue_depth` (per topic): events of the batches in
 hand not yet given to the engine, added and removed once per batch and group (Telemetry.add_queued).
+
+A route's candidate (`streams.shadow.*`, per topic and `candidate` name): its records by
+`outcome` (enriched, or dead_lettered with the `reason`), and how they agree with the live
+records of the same events (streams/agreement.py), so a dashboard shows the agreement while the
+candidate runs: label agreement = rate(labels_agreed) / rate(compared); entity span F1 =
+2 x matched / (live + candidate) of `entity_spans{side}`; typed fields equal =
+fields{result="equal"} / all fields compared.
 """
 
 from __future__ import annotations
@@ -56,12 +68,14 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from .tracing import DESTINATION_NAME, PARTITION_ID
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..agreement import Agreement
     from ..records import InRecord
 
 METER_NAME = "streams"
 REASON = "reason"
 FIELD = "field"  # a typed field of the LLM (streams.llm.ungrounded_values)
 ENGINE = "streams.engine"  # which engine made a forward pass: encoder, llm
+CANDIDATE, OUTCOME, SIDE, RESULT = "candidate", "outcome", "side", "result"  # streams.shadow.*
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -161,6 +175,21 @@ class StreamMetrics:
         self.queue_depth = meter.create_up_down_counter(
             "streams.engine.queue_depth", unit="{event}",
             description="events taken from Kafka that wait for the engine")
+        self.shadow_events = meter.create_counter(
+            "streams.shadow.events", unit="{event}",
+            description="a candidate's records of a route's events, by outcome (enriched, dead_lettered)")
+        self.shadow_compared = meter.create_counter(
+            "streams.shadow.compared", unit="{event}",
+            description="events with both a live and a candidate's enriched record, compared")
+        self.shadow_labels_agreed = meter.create_counter(
+            "streams.shadow.labels_agreed", unit="{event}",
+            description="compared events whose live and candidate labels are equal")
+        self.shadow_entity_spans = meter.create_counter(
+            "streams.shadow.entity_spans", unit="{span}",
+            description="entity spans of compared events: the live record's, the candidate's, matched")
+        self.shadow_fields = meter.create_counter(
+            "streams.shadow.fields", unit="{field}",
+            description="typed fields of compared events, equal or differing")
         self._attrs: dict[tuple, dict] = {}
         self._engine: BusyMeter | None = None
         self._duty_from = (0.0, 0.0)  # (perf_counter, busy seconds) at the last collection
@@ -248,3 +277,25 @@ class StreamMetrics:
         record, topic_attrs = self.latency.record, attrs(topic)
         for seconds in latency_samples(latencies):
             record(seconds if seconds > 0.0 else 0.0, topic_attrs)
+
+    def record_shadow(self, topic: str, candidate: str, enriched: int, dead: Iterable[str] = (),
+                      agreements: Sequence[Agreement] = ()) -> None:
+        """One batch of a route's candidate: its enriched and dead-lettered (by reason) records,
+        and the agreement of each event it enriched with the event's live record."""
+        base = {DESTINATION_NAME: topic, CANDIDATE: candidate}
+        if enriched:
+            self.shadow_events.add(enriched, base | {OUTCOME: "enriched"})
+        for reason, n in Counter(dead).items():
+            self.shadow_events.add(n, base | {OUTCOME: "dead_lettered", REASON: reason})
+        if not agreements:
+            return
+        self.shadow_compared.add(len(agreements), base)
+        self.shadow_labels_agreed.add(sum(a.label_equal for a in agreements), base)
+        for side, n in (("live", sum(a.spans_a for a in agreements)),
+                        ("candidate", sum(a.spans_b for a in agreements)),
+                        ("matched", sum(a.spans_matched for a in agreements))):
+            self.shadow_entity_spans.add(n, base | {SIDE: side})
+        fields, equal = sum(a.fields for a in agreements), sum(a.fields_equal for a in agreements)
+        if fields:
+            self.shadow_fields.add(equal, base | {RESULT: "equal"})
+            self.shadow_fields.add(fields - equal, base | {RESULT: "differs"})
