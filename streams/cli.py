@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import samples
-from .settings import LLM_DEMO_TOPICS, Settings
+from .settings import LLM_DEMO_TOPICS, SHADOW_DEMO_TOPICS, Settings
 
 app = typer.Typer(help="Kafka enrichment service: entities + topic labels on domain events.",
                   no_args_is_help=True, add_completion=False)
@@ -308,15 +308,21 @@ def tail(
 def demo(timeout: float = typer.Option(300.0, help="give up after this many seconds"),
          llm: bool = typer.Option(False, "--llm", help="support tickets labelled and typed "
                                   "(SupportTicketFields) by the LLM engine (make run-llm)"),
+         shadow: bool = typer.Option(False, "--shadow", help="each route shadowed by an LLM-label "
+                                     "candidate on every event; then `streams compare` of each live "
+                                     "output with its shadow topic (make run-shadow)"),
          as_json: bool = typer.Option(False, "--json", help="print each outcome as one JSON object "
                                       "per line")) -> None:
     """Start the embedded broker and a worker, send the samples, print the enriched events,
     stop everything (what `make run` does)."""
     from .broker import BrokerError, EmbeddedBroker
 
-    # --llm: the LLM topics, for this command's settings and (STREAMS_TOPICS) its subprocesses'.
-    topics = {"topics": LLM_DEMO_TOPICS} if llm else {}
-    if llm:
+    if llm and shadow:
+        _fail("--llm or --shadow, not both")
+    # --llm/--shadow: their topics, for this command's settings and (STREAMS_TOPICS) its subprocesses'.
+    demo_topics = LLM_DEMO_TOPICS if llm else SHADOW_DEMO_TOPICS if shadow else None
+    topics = {"topics": demo_topics} if demo_topics else {}
+    if llm or shadow:
         timeout = max(timeout, 900.0)
     settings = Settings(**topics)
     port = _port_of(settings.kafka_bootstrap)
@@ -337,8 +343,8 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
         health_port = settings.health_port if "health_port" in settings.model_fields_set else free_port()
         env = os.environ | {"STREAMS_KAFKA_BOOTSTRAP": embedded.bootstrap,
                             "STREAMS_HEALTH_PORT": str(health_port)}
-        if llm:
-            env["STREAMS_TOPICS"] = json.dumps(LLM_DEMO_TOPICS)
+        if demo_topics:
+            env["STREAMS_TOPICS"] = json.dumps(demo_topics)
         with log_path.open("wb") as log:
             worker_proc = subprocess.Popen([sys.executable, "-m", "streams", "worker"], env=env,
                                            stdout=log, stderr=subprocess.STDOUT)
@@ -366,6 +372,8 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
                           f"{len(wanted) - len(dead)} enriched, {len(dead)} dead-lettered")
         else:
             console.print(f"[green]all {len(wanted)} sample events enriched[/]")
+        if shadow:
+            _compare_shadows(local, len(wanted), timeout, worker_proc)
     finally:
         if worker_proc and worker_proc.poll() is None:
             worker_proc.send_signal(signal.SIGTERM)
@@ -375,6 +383,28 @@ def demo(timeout: float = typer.Option(300.0, help="give up after this many seco
                 worker_proc.kill()
         embedded.stop()
         console.print("stopped worker and broker")
+
+
+def _compare_shadows(settings: Settings, events: int, timeout: float, worker_proc) -> None:
+    """`streams demo --shadow`: once the candidates have an outcome for every event (a shadow
+    record or a shadow dead letter), each live output compared with its shadow topic."""
+    from . import compare as cmp
+
+    shadows = settings.shadow_routes()
+    done = 0
+    for _ in _decoded(settings, [r.output for r in shadows], True, timeout, events,
+                      dead_topics=[r.dlq for r in shadows]):
+        done += 1
+        if worker_proc.poll() is not None:
+            break
+    console.print(f"the candidates' outcomes: {done} of {events}")
+    for route in settings.topics:
+        a, b = route.output, route.candidate.output
+        catalog = cmp.catalog_for(settings, [a, b])
+        result = cmp.compare(*(cmp.read_enriched(settings, t, catalog=catalog) for t in (a, b)))
+        console.print(f"[bold]streams compare {a} {b}[/]")
+        for part in cmp.report(result):
+            console.print(_text(part) if isinstance(part, str) else part)
 
 
 @app.command("eval")

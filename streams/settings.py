@@ -57,6 +57,15 @@ LLM_DEMO_TOPICS = [
     {"input": "orders.notes", "labels": ORDER_NOTE_LABELS},
 ]
 
+# `streams demo --shadow`: the built-in routes (encoder labels, live), each shadowed on every
+# event by a candidate that takes its label from the LLM (docs/replay.md, "Shadow a candidate").
+SHADOW_DEMO_TOPICS = [
+    {"input": "orders.notes", "labels": ORDER_NOTE_LABELS,
+     "candidate": {"name": "llm-labels", "label_from": "llm", "share": 100}},
+    {"input": "support.tickets", "labels": SUPPORT_TICKET_LABELS, "redact": {},
+     "candidate": {"name": "llm-labels", "label_from": "llm", "share": 100}},
+]
+
 
 # What a candidate may change of the worker's model settings (the rest it shares with the route).
 CANDIDATE_MODEL_SETTINGS = ("ner_model", "classifier_model", "model_version", "llm_model",
