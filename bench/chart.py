@@ -86,7 +86,8 @@ def plot(results: dict, path: Path, bounds: dict | None = None) -> Path:
                                        for key, name, _ in runs], fontsize=8)
     if marks or any(rounds.values()):
         left.legend(loc="upper right", fontsize=8)
-    left.set_xlim(right=max(v for *_, v in runs) * 4)
+    if runs:  # a bench of some parts only (--only shadow) may have no run of this chart
+        left.set_xlim(right=max(v for *_, v in runs) * 4)
 
     stream = [(name, results[key]) for key, name in RUNS
               if isinstance(results.get(key), dict) and "p50_ms" in results[key]]

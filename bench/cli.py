@@ -57,9 +57,10 @@ def bench(
     llm_naive: int = typer.Option(0, help="--engine llm: texts for the one-per-call run; 0: the "
                                           "same texts as the batched run (a fair ratio: a pass "
                                           "lasts as long as its longest output)"),
-    only: str = typer.Option("throughput,launch,latency", help="which parts: throughput (engine, "
+    only: str = typer.Option("throughput,launch,latency,shadow", help="which parts: throughput (engine, "
                              "reference, end to end after ready, ceiling), launch (worker and "
-                             "reference loop from process launch), latency (at half the capacity)"),
+                             "reference loop from process launch), latency (at half the capacity), shadow "
+                             "(end to end with a candidate on the route at share 0 and 100)"),
     launch_events: int = typer.Option(1000, help="tickets waiting when the worker / reference loop is launched"),
     latency_s: float = typer.Option(60.0, help="seconds of the half-capacity latency run"),
     corpora: str = typer.Option("tickets,samples", help="the corpora of the engine, reference, end-to-end "

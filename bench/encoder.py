@@ -36,7 +36,7 @@ import numpy as np
 from streams.settings import SUPPORT_TICKET_LABELS, Settings
 
 from .chart import plot
-from .stream import (CORPORA, bench_from_launch, bench_latency, bench_stream, bench_traced, corpus_texts,
+from .stream import (BENCH_TOPIC, CORPORA, bench_from_launch, bench_latency, bench_stream, bench_traced, corpus_texts,
                      per_second, reference_command, worker_command)
 
 
@@ -130,7 +130,10 @@ def mean_run(runs: list[dict]) -> dict:
     return mean
 
 
-PARTS = ("throughput", "launch", "latency")
+PARTS = ("throughput", "launch", "latency", "shadow")
+# The candidate of the shadow part: the route's encoder models with the labels renamed (the
+# same descriptions), so share 100 costs a second inference of every event on the same models.
+SHADOW_CANDIDATE = {"name": "relabelled", "labels": {f"{k} (v2)": v for k, v in SUPPORT_TICKET_LABELS.items()}}
 
 
 def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = True,
@@ -140,7 +143,8 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
     `bounds` marks the chart; by default the bounds.json next to `out` (bench/bounds.json).
     `parts`: throughput (engine, naive, reference, precision, end to end after ready, ceiling),
     launch (worker and reference loop from process launch), latency (p50/p99 at half the
-    capacity). The corpus-dependent parts run on each of `corpora`."""
+    capacity), shadow (end to end with a candidate on the route at share 0 and 100 against
+    none). The corpus-dependent parts run on each of `corpora`; shadow on the first."""
     from streams.engine import EncoderEngine, LabelSet
 
     from .reference import ReferenceModels
@@ -181,6 +185,8 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
         rate = results["engine"] / 2
         results["latency"] = bench_latency(rate, latency_s, out.parent) | {
             "forward_pass_ms": pass_s * 1000, "batch_window_ms": settings.max_wait_s * 1000}
+    if "shadow" in parts:
+        _run_shadow(results, min(n_stream, 1024), rounds, out.parent, corpora[0])
     del engine
     results["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["chart"] = str(out.with_suffix(".png"))
@@ -193,6 +199,29 @@ def run(n_engine: int, n_stream: int, n_ceiling: int, out: Path, traced: bool = 
             plot(results[name] | {k: results[k] for k in ("device", "cpu_count", "batch")},
                  out.with_name(f"{out.stem}-{name}.png"), bounds)
     return results
+
+
+def _run_shadow(results: dict, n: int, rounds: int, log_dir: Path, corpus: str) -> None:
+    """What a route's candidate costs the live path: end to end (`bench_stream`, the route's
+    records read back) with no candidate, with one at share 0 and at share 100
+    (`SHADOW_CANDIDATE`), in mirrored rounds as the throughput runs; each figure the mean of
+    its runs. Bound: share 0 within 5 % of none in events/s and in p50 latency."""
+    def route(share: float | None) -> dict:
+        r = {"input": BENCH_TOPIC, "labels": SUPPORT_TICKET_LABELS}
+        return r if share is None else r | {"candidate": SHADOW_CANDIDATE | {"share": share}}
+
+    kinds = {"none": None, "share_0": 0.0, "share_100": 100.0}
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for i in range(rounds):
+        for kind in (list(kinds) if i % 2 == 0 else list(kinds)[::-1]):
+            runs[kind].append(bench_stream(n, False, log_dir, f"shadow-{kind}-{i}", corpus=corpus,
+                                           STREAMS_TOPICS=json.dumps([route(kinds[kind])])))
+    shadow = results["shadow"] = {"corpus": corpus, "candidate": SHADOW_CANDIDATE["name"],
+                                  **{k: mean_run(v) for k, v in runs.items()}}
+    none = shadow["none"]
+    for kind in ("share_0", "share_100"):
+        results["ratios"][f"shadow_{kind}/none"] = shadow[kind]["events_per_s"] / none["events_per_s"]
+        results["ratios"][f"latency_none/shadow_{kind}"] = none["p50_ms"] / shadow[kind]["p50_ms"]
 
 
 def _run_launch(results: dict, n: int, rounds: int, log_dir: Path, corpus: str) -> None:

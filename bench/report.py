@@ -33,6 +33,19 @@ def encoder(r: dict) -> None:
                       f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
                       f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
                       f"one forward pass {lat['forward_pass_ms']:.0f} ms")
+    if "shadow" in r:
+        sh = r["shadow"]
+        table = Table(title=f"{sh['corpus']}: a candidate on the route (\"{sh['candidate']}\": the same models, "
+                            f"other labels), end to end (mean of {len(sh['none']['runs_events_per_s'])})")
+        for col in ("run", "events/s", "p50 ms", "p99 ms", "duty cycle", "x none (events/s)"):
+            table.add_column(col, justify="right" if col != "run" else "left")
+        for kind, name in (("none", "no candidate"), ("share_0", "candidate, share 0"),
+                           ("share_100", "candidate, share 100")):
+            s = sh[kind]
+            table.add_row(name, f"{s['events_per_s']:.1f}", f"{s['p50_ms']:.0f}", f"{s['p99_ms']:.0f}",
+                          f"{s.get('engine_duty_cycle', float('nan')):.2f}",
+                          f"{s['events_per_s'] / sh['none']['events_per_s']:.2f}")
+        console.print(table)
     if "end_to_end_traced" in r:
         console.print(f"spans received over OTLP gRPC in the traced run: {r['end_to_end_traced']['spans_received']}")
     if "tracing_cost" in r:

@@ -199,6 +199,8 @@ class _Batch:
         for i in range(len(self.records)):
             if i not in taken:
                 lane.order.settle(i, None)
+        if not chosen:  # share 0, or none of this batch's ids: the live path pays nothing more
+            return
         t0 = time.perf_counter()
         try:
             inferred = runtime.infer([e.text for _, _, e in chosen], shadow.labels, self.route.input,

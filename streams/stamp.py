@@ -20,7 +20,8 @@ What each digest covers (docs/contract.md, "The stamp"):
 - `fields_digest`: the field record `schemas/fields/<Name>.avsc` as parsed JSON (docs,
   `grounded` and `maxLength` included: Avro's Parsing Canonical Form drops them, yet they
   change what the LLM writes); null without typed fields;
-- `candidate`: null for live records; reserved for shadow runs of a candidate configuration.
+- `candidate`: null for live records; a route's candidate's name on its shadow records
+  (`runtime.Shadow`), whose digests are of the candidate's own labels, prompt and field record.
 
 `python -m streams.stamp` prints the stamp each configured route would get (the `STREAMS_*`
 environment, as the worker reads it), without loading a model: compare it with a record's.
@@ -105,8 +106,14 @@ def configured_stamps(settings: Settings) -> dict[str, dict]:
 def main() -> None:
     from .settings import Settings
 
-    for topic, stamp in configured_stamps(Settings()).items():
+    settings = Settings()
+    for topic, stamp in configured_stamps(settings).items():
         print(json.dumps({"input": topic, "stamp": stamp}, ensure_ascii=False))
+    for route in settings.topics:  # a candidate's records: its own configuration, and its name
+        if route.candidate is not None:
+            stamp = configured_stamps(settings.candidate_settings(route))[route.input]
+            print(json.dumps({"input": route.input, "output": route.candidate.output,
+                              "stamp": stamp | {"candidate": route.candidate.name}}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

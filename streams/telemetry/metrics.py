@@ -296,6 +296,5 @@ class StreamMetrics:
                         ("matched", sum(a.spans_matched for a in agreements))):
             self.shadow_entity_spans.add(n, base | {SIDE: side})
         fields, equal = sum(a.fields for a in agreements), sum(a.fields_equal for a in agreements)
-        if fields:
-            self.shadow_fields.add(equal, base | {RESULT: "equal"})
-            self.shadow_fields.add(fields - equal, base | {RESULT: "differs"})
+        self.shadow_fields.add(equal, base | {RESULT: "equal"})  # 0 and 0 without typed fields:
+        self.shadow_fields.add(fields - equal, base | {RESULT: "differs"})  # the series exist

@@ -21,7 +21,7 @@ HELM = REPO / ".cache" / "helm" / "bin" / "helm"
 RELEASE = "enricher"
 NAMESPACE = "streams"
 KUBE_VERSION = "1.30.0"  # the oldest version the validation covers (Chart.yaml allows 1.25+)
-SCENARIOS = ("minimal", "gpu-keda", "replay-job", "sasl", "llm", "observability")
+SCENARIOS = ("minimal", "gpu-keda", "replay-job", "sasl", "llm", "observability", "candidate")
 
 # Custom resources whose schemas kubernetes-validate does not ship (it knows built-in kinds
 # only, and merely warns on others). They are left out of the schema validation on purpose

@@ -547,6 +547,8 @@ def test_configmap_settings_are_read_by_the_worker(monkeypatch, scenario):
         for key in ("entities_from", "label_from", "fields"):
             if key in route:
                 assert getattr(parsed, key) == route[key], (scenario, route["input"], key)
+        for key, value in (route.get("candidate") or {}).items():  # a candidate's keys, as written
+            assert getattr(parsed.candidate, key) == value, (scenario, route["input"], "candidate", key)
 
 
 def test_replay_job_flags_exist_in_the_cli():

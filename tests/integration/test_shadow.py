@@ -7,12 +7,15 @@ compares the same way. The shadow path with fakes: tests/test_shadow.py."""
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 
 import pytest
 
 from streams import samples
 from streams.settings import SUPPORT_TICKET_LABELS, Settings
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, produce
+from tests.helm.observability import CANDIDATE_ROW, metric_names, row_panels
 from tests.integration.test_compare import _cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
@@ -40,10 +43,12 @@ def shadowed(broker, tiny_models, tmp_path_factory):
         shadow_scenario = _Topics(scenario, shadow_topic, shadow_dlq)
         shadow = collect(settings, shadow_scenario, timeout=300,
                          until=lambda c: len(c.enriched_ids) + len(c.dead) >= len(events))
+        with urllib.request.urlopen(f"http://127.0.0.1:{scenario.health_port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
     finally:
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
-    return scenario, events, live, shadow, worker.log()
+    return scenario, events, live, shadow, worker.log(), metrics
 
 
 class _Topics:
@@ -54,7 +59,7 @@ class _Topics:
 
 
 def test_every_event_has_its_live_record_and_its_candidates_outcome(shadowed):
-    scenario, events, live, shadow, log = shadowed
+    scenario, events, live, shadow, log, _ = shadowed
     ids = {k.decode() for k, _ in events}
     assert live.enriched_ids == ids and not live.dead  # every live record, the long text's too
     dead = {k.decode(): h["__streams.errors.reason"].decode() for k, _, h in shadow.dead}
@@ -74,7 +79,7 @@ def test_every_event_has_its_live_record_and_its_candidates_outcome(shadowed):
 
 
 def test_compare_reads_the_live_and_the_shadow_topic(shadowed, tmp_path):
-    scenario, events, live, shadow, _ = shadowed
+    scenario, events, live, shadow, _, _ = shadowed
     out = tmp_path / "compare.json"
     run = _cli(scenario, "compare", scenario.output, f"{scenario.output}.shadow", "--json", str(out))
     assert run.returncode == 0, run.stderr + run.stdout
@@ -88,7 +93,7 @@ def test_compare_reads_the_live_and_the_shadow_topic(shadowed, tmp_path):
 
 
 def test_a_replay_with_another_label_set_compares_the_same_way(shadowed):
-    scenario, events, live, _, _ = shadowed
+    scenario, events, live, _, _, _ = shadowed
     relabelled = {**SUPPORT_TICKET_LABELS}
     relabelled["shipping"] = relabelled.pop("delivery")
     replayed = f"{scenario.name}.relabelled"
@@ -108,3 +113,13 @@ def test_a_replay_with_another_label_set_compares_the_same_way(shadowed):
 def _labels(live, shadow):
     by_id = {r["event_id"]: r["classification"]["label"] for _, r in live.enriched}
     return [(by_id[r["event_id"]], r["classification"]["label"]) for _, r in shadow.enriched]
+
+
+def test_the_dashboards_candidate_row_reads_what_the_worker_exports(shadowed):
+    scenario, events, live, shadow, _, metrics = shadowed
+    families = metric_names({line.split("{")[0].split(" ")[0] for line in metrics.splitlines()
+                             if line and not line.startswith("#")})
+    used = metric_names([t["expr"] for p in row_panels(CANDIDATE_ROW) for t in p.get("targets", [])])
+    assert used and used <= families, sorted(used - families)
+    compared = re.search(r'^streams_shadow_compared_total\{[^}]*candidate="llm-labels"[^}]*\} (\S+)', metrics, re.M)
+    assert compared and float(compared.group(1)) == len(shadow.enriched_ids)

@@ -251,7 +251,8 @@ a worker that cannot work: checked by tests/helm.
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs service.enabled" -}}
 {{- end -}}
-{{- $routeKeys := list "input" "output" "dlq" "labels" "entities_from" "label_from" "fields" "redact" -}}
+{{- $routeKeys := list "input" "output" "dlq" "labels" "entities_from" "label_from" "fields" "redact" "candidate" -}}
+{{- $candidateKeys := list "name" "share" "output" "dlq" "labels" "entities_from" "label_from" "fields" "ner_model" "classifier_model" "model_version" "llm_model" "llm_few_shot" "llm_examples_dir" -}}
 {{- range $i, $route := .Values.config.topics -}}
 {{- if not (kindIs "map" $route) -}}
 {{- fail (printf "config.topics[%d] must be a map like {input: support.tickets}" $i) -}}
@@ -280,6 +281,73 @@ a worker that cannot work: checked by tests/helm.
 {{- if not $.Values.llm.enabled -}}
 {{- fail (printf "config.topics[%d] (%s): typed fields (%s) come from the LLM engine: set llm.enabled" $i $route.input (toString .)) -}}
 {{- end -}}
+{{- end -}}
+{{- /* The route's candidate (streams.settings.Candidate): shadow traffic on a share of the events. */ -}}
+{{- if and (hasKey $route "candidate") (not (kindIs "invalid" $route.candidate)) -}}
+{{- $c := $route.candidate -}}
+{{- $where := printf "config.topics[%d] (%s): candidate" $i $route.input -}}
+{{- if not (kindIs "map" $c) -}}
+{{- fail (printf "%s must be a map like {name: llm-labels, label_from: llm, share: 10}" $where) -}}
+{{- end -}}
+{{- range $key, $_ := $c -}}
+{{- if not (has $key $candidateKeys) -}}
+{{- fail (printf "%s: unknown key %q; a candidate takes %s" $where $key (join ", " $candidateKeys)) -}}
+{{- end -}}
+{{- end -}}
+{{- $name := get $c "name" -}}
+{{- if not (and (kindIs "string" $name) (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$" (toString $name))) -}}
+{{- fail (printf "%s needs a name: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (it labels its records and metrics), got %q" $where (toString ($name | default ""))) -}}
+{{- end -}}
+{{- if hasKey $c "share" -}}
+{{- $share := get $c "share" -}}
+{{- /* a number; `--set share=12.5` gives the string "12.5", which the worker reads as a number too */ -}}
+{{- if not (or (kindIs "float64" $share) (kindIs "int64" $share) (kindIs "int" $share) (and (kindIs "string" $share) (regexMatch "^[0-9]+([.][0-9]+)?$" (toString $share)))) -}}
+{{- fail (printf "%s (%s): share must be a number, the percent of the route's events it runs on (0 to 100), got %q" $where $name (toString $share)) -}}
+{{- end -}}
+{{- if or (lt ($share | float64) 0.0) (gt ($share | float64) 100.0) -}}
+{{- fail (printf "%s (%s): share must be between 0 and 100 (percent of the route's events), got %v" $where $name $share) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "entities_from" "label_from" -}}
+{{- with get $c $key -}}
+{{- if not (has (toString .) (list "encoder" "llm")) -}}
+{{- fail (printf "%s (%s): %s must be encoder or llm, got %q" $where $name $key (toString .)) -}}
+{{- end -}}
+{{- if and (eq (toString .) "llm") (not $.Values.llm.enabled) -}}
+{{- fail (printf "%s (%s): %s is llm but llm.enabled is false: a candidate that uses the LLM needs the LLM engine (llm.*), as a route does" $where $name $key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with get $c "fields" -}}
+{{- if not (regexMatch "^[A-Za-z_][A-Za-z0-9_]*$" (toString .)) -}}
+{{- fail (printf "%s (%s): fields must name an Avro record schemas/fields/<name>.avsc, got %q" $where $name (toString .)) -}}
+{{- end -}}
+{{- if not $.Values.llm.enabled -}}
+{{- fail (printf "%s (%s): typed fields (%s) come from the LLM engine: set llm.enabled" $where $name (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* A candidate writes topics of its own: never any route's input, output, DLQ or copy topic. */ -}}
+{{- $written := list -}}
+{{- $candidates := false -}}
+{{- range $route := .Values.config.topics -}}
+{{- $out := $route.output | default (printf "%s.enriched" $route.input) -}}
+{{- $dlq := $route.dlq | default (printf "%s.dlq" $route.input) -}}
+{{- $written = concat $written (list $route.input $out $dlq) -}}
+{{- with $route.redact -}}{{- with .copy_topic -}}{{- $written = append $written . -}}{{- end -}}{{- end -}}
+{{- with $route.candidate -}}
+{{- $candidates = true -}}
+{{- $written = concat $written (list (.output | default (printf "%s.shadow" $out)) (.dlq | default (printf "%s.shadow" $dlq))) -}}
+{{- end -}}
+{{- end -}}
+{{- if $candidates -}}
+{{- $clash := list -}}
+{{- range $topic := $written -}}
+{{- if gt (sub (len $written) (len (without $written $topic))) 1 -}}{{- $clash = append $clash $topic -}}{{- end -}}
+{{- end -}}
+{{- with $clash -}}
+{{- fail (printf "config.topics: a candidate's output and DLQ must be topics of their own, not another input, output, DLQ or copy topic (its defaults are <route output>.shadow and <route dlq>.shadow): %s" (join ", " (uniq . | sortAlpha))) -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.llm.enabled -}}
