@@ -36,7 +36,7 @@ def liveness(app: faust.App) -> tuple[bool, dict]:
     since_poll = now - runner.state.last_poll
     stuck_after = app.conf.streams_settings.max_poll_interval_s
     waiting = runner.state.degraded is not None or runner.runtime.producer.retrying is not None
-    progress_at = runner.runtime.engine.progress_at  # None where an engine does not measure it
+    progress_at = runner.runtime.progress_at  # None where no engine measures it
     since_progress = None if progress_at is None else now - progress_at
     progressing = since_progress is not None and since_progress < stuck_after
     live = runner.alive() and (since_poll < stuck_after or waiting or progressing)

@@ -196,10 +196,26 @@ class Runtime:
     def max_events_for(self, topic: str) -> int | None:
         """The most events of `topic` a source should take into one batch: the LLM's measured
         events/s x `llm_batch_budget_s` (default max_poll_interval_s / 3), at least 1, at most
-        `max_batch`; None when the topic does not use the LLM (take up to `max_batch`)."""
+        `max_batch`; None when the topic does not use the LLM (take up to `max_batch`). A
+        route's candidate that uses an LLM shares the budget: n events cost the route's LLM n
+        and the candidate's n x share, so n <= 1 / (1 / n_route + share / n_candidate), each
+        n_x being what that engine alone finishes within the budget."""
         s = self.settings
-        n = self.engine.max_events_for(topic, s.llm_batch_budget_s or s.max_poll_interval_s / 3)
-        return None if n is None else min(n, s.max_batch)
+        budget = s.llm_batch_budget_s or s.max_poll_interval_s / 3
+        shares = [(self.engine.max_events_for(topic, budget), 1.0)]
+        shadow = self.shadows.get(topic)
+        if shadow is not None and shadow.candidate.share > 0:
+            shares.append((shadow.engine.max_events_for(topic, budget), shadow.candidate.share / 100))
+        cost = sum(share / n for n, share in shares if n is not None)  # of the budget, per event
+        return None if not cost else max(1, min(int(1 / cost + 1e-9), s.max_batch))
+
+    @property
+    def progress_at(self) -> float | None:
+        """When an LLM last made progress (time.monotonic()), the routes' or a candidate's:
+        /livez tells a long batch from a stuck one by it; None where no engine measures it."""
+        times = [t for t in (self.engine.progress_at, *(s.engine.progress_at for s in self.shadows.values()))
+                 if t is not None]
+        return max(times) if times else None
 
     def max_events(self) -> int | None:
         """For a source whose batch mixes every input topic: the smallest cap of any topic."""
@@ -254,15 +270,24 @@ def load_engine(factory: EngineFactory, settings: Settings, telemetry: Telemetry
     return engine
 
 
+# What makes two LLM engines the same one (`load_engines(shared=...)`).
+LLM_SETTINGS = {name for name in Settings.model_fields if name.startswith("llm_")} | {"device", "model_cache"}
+
+
 def load_all(factory: EngineFactory, settings: Settings,
              telemetry: Telemetry | None) -> tuple[Engine, dict[str, Engine]]:
     """The routes' engine, and per route with a candidate the candidate's engine, from its
     settings (`Settings.candidate_settings`); each made by `factory` and warmed up on the
     inference thread. With `load_engines`, a candidate that runs the route's encoder models
-    gets the same ones, loaded once."""
+    gets the same ones, loaded once; the candidates of several routes share one LLM engine
+    where their LLM settings are equal (its tasks are named by input topic, so the routes'
+    own LLM engine, which holds the same topics' live prompts, is never a candidate's)."""
+    shared: dict = {}
     if factory is load_engines:
-        factory = partial(load_engines, shared={})
+        factory = partial(load_engines, shared=shared)
     engine = inference_thread.call(load_engine, factory, settings, telemetry)
+    for key in [k for k in shared if k[0] == "llm"]:
+        del shared[key]
     candidates = {r.input: inference_thread.call(load_engine, factory, settings.candidate_settings(r), telemetry)
                   for r in settings.topics if r.candidate is not None}
     return engine, candidates
@@ -273,9 +298,8 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None, *,
     """The engines the configured topics need: the encoder models when a topic takes its
     entities or label from them, the LLM when one takes anything from it (each topic's grammar
     and prompt prepared here, at start-up, from the JSON Schema of its field record). `telemetry`
-    counts the LLM's dropped spans and ungrounded values. `shared`: encoder engines already
-    loaded by their settings, reused (a candidate with the route's encoder models); an LLM
-    engine holds its topics' tasks, so each set of routes gets its own."""
+    counts the LLM's dropped spans and ungrounded values. `shared`: engines already loaded, by
+    their settings, reused and added to (`load_all` says which may be shared)."""
     from .engine import EncoderEngine  # torch: imported when the models load, not with the app
     from .engine.topics import TopicEngines
 
@@ -286,7 +310,8 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None, *,
                        max_tokens=settings.max_tokens_per_pass, model_version=settings.model_version,
                        overlap_tokenization=settings.overlap_tokenization, quantize=settings.quantize,
                        precision=settings.precision)
-        key = repr((settings.engine, settings.ner_model, settings.classifier_model, sorted(options.items())))
+        key = ("encoder", repr((settings.engine, settings.ner_model, settings.classifier_model,
+                                sorted(options.items()))))
         encoder = (shared or {}).get(key)
         if encoder is None:
             encoder = NoopEngine() if settings.engine == "noop" else \
@@ -294,7 +319,10 @@ def load_engines(settings: Settings, telemetry: Telemetry | None = None, *,
         if shared is not None:
             shared[key] = encoder
     if any(p.uses_llm for p in plans.values()):
-        llm = load_llm(settings, telemetry)
+        key = ("llm", repr(sorted(settings.model_dump(include=LLM_SETTINGS).items())))
+        llm = (shared or {}).get(key) or load_llm(settings, telemetry)
+        if shared is not None:
+            shared[key] = llm
         for plan in plans.values():
             if plan.uses_llm:
                 prepared = llm.add_task(llm_task(plan, settings))

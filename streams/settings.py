@@ -245,6 +245,12 @@ class Settings(BaseSettings):
                                                    "which the engine sorts by token length and pads least")
     max_in_flight: int = Field(8192, ge=1, description="records the consumer prefetches ahead of the batch in "
                                                        "progress; fetching pauses beyond it (backpressure)")
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, le=30_000, description="how long the broker may hold a fetch that has no data yet (both "
+                                          "sources). Kafka answers as soon as data arrives; a broker that "
+                                          "holds a fetch to its end (tansu) adds up to this much to every "
+                                          "event's latency. An idle consumer asks 1000 / this many times a "
+                                          "second per broker (Kafka clients' default: 500)")
     max_poll_interval_s: float = Field(300.0, description="above the slowest batch + produce, or the group rebalances")
     shutdown_grace_s: float = Field(25.0, description="on SIGTERM, time to finish the batch in flight; "
                                                       "keep below the pod's terminationGracePeriodSeconds")

@@ -255,3 +255,34 @@ def test_candidate_settings_change_only_what_the_candidate_names():
         Settings(topics=[{"input": TOPIC, "candidate": {"name": "x", "shares": 5}}])
     with pytest.raises(ValueError):
         Settings(topics=[{"input": TOPIC, "candidate": {"name": "x", "share": 101}}])
+
+
+class Timed(NoopEngine):
+    """An engine that says how many events it finishes within a budget, and when it last made
+    progress (as the LLM engine does)."""
+
+    def __init__(self, per_budget: int | None, progress_at: float | None = None):
+        self.per_budget, self.progress_at = per_budget, progress_at
+
+    def max_events_for(self, topic, budget_s):
+        return self.per_budget
+
+
+def test_an_llm_candidate_shares_the_batch_budget_and_counts_as_progress():
+    """The source sizes its batches so that the route's and the candidate's LLM time together
+    fit the budget; /livez counts a candidate's decoding steps as progress."""
+    def runtime(route_n, candidate_n, share, progress=(None, None)):
+        r = _runtime(share=share, candidate_engine=Timed(candidate_n, progress[1]))
+        r.engine = Timed(route_n, progress[0])
+        return r
+
+    assert runtime(None, None, 100).max_events_for(TOPIC) is None  # no LLM anywhere: max_batch
+    assert runtime(25, None, 100).max_events_for(TOPIC) == 25  # as without a candidate
+    assert runtime(None, 20, 100).max_events_for(TOPIC) == 20  # an LLM candidate on every event
+    assert runtime(None, 20, 50).max_events_for(TOPIC) == 40  # on half of them
+    assert runtime(None, 20, 0).max_events_for(TOPIC) is None  # on none
+    assert runtime(25, 20, 100).max_events_for(TOPIC) == 11  # 1 / (1/25 + 1/20)
+    assert runtime(None, 1000, 100).max_events_for(TOPIC) == 256  # never above max_batch
+    assert runtime(None, 20, 100, (None, 7.0)).progress_at == 7.0
+    assert runtime(None, 20, 100, (9.0, 7.0)).progress_at == 9.0
+    assert runtime(None, 20, 100).progress_at is None

@@ -348,19 +348,18 @@ class EagerWaitFirst(Service):
 
 ISOLATION_LEVEL = "read_committed"
 
-FETCH_MAX_WAIT_MS = 500  # librdkafka's fetch.wait.max.ms default: the other source's
-
 class PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
     """Faust's consumer thread, its aiokafka consumer asking the broker to answer a fetch
-    within FETCH_MAX_WAIT_MS instead of Faust's fixed 1,500 ms
-    (faust/transport/drivers/aiokafka.py `_create_worker_consumer`). On tansu the agent
-    received its events in chunks every ~750 ms (it seems to hold an empty fetch until the
-    wait ends; Kafka answers as soon as data arrives): at half the models' capacity, p50
-    latency 1.2 s against the librdkafka source's 0.6 s (`streams bench`, latency)."""
+    within `STREAMS_FETCH_MAX_WAIT_MS` (as the other source's librdkafka consumer) instead of
+    Faust's fixed 1,500 ms (faust/transport/drivers/aiokafka.py `_create_worker_consumer`). On
+    tansu the agent received its events in chunks every ~750 ms (it seems to hold an empty
+    fetch until the wait ends; Kafka answers as soon as data arrives): at half the models'
+    capacity, p50 latency 1.2 s against the librdkafka source's 0.6 s (`streams bench`, latency)."""
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        # Read when the consumer starts its fetcher.
+        consumer._fetch_max_wait_ms = self.app.conf.streams_settings.fetch_max_wait_ms
         # Committed data only, as the librdkafka source, replay and `streams tail` read: Faust
         # asks for read_uncommitted unless it runs its own transactions, and would enrich the
         # records of aborted transactions (a Kafka Streams exactly-once producer, an outbox).

@@ -68,6 +68,7 @@ def consumer_config(settings: Settings, state: ConsumerState) -> dict:
         "max.poll.interval.ms": int(settings.max_poll_interval_s * 1000),
         # Backpressure: librdkafka stops fetching once this many records wait locally.
         "queued.min.messages": settings.max_in_flight,
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
         "topic.metadata.refresh.interval.ms": 30_000,
         "statistics.interval.ms": 5_000,
         "stats_cb": on_stats,

@@ -91,6 +91,7 @@ def test_too_long_is_a_dead_letter_reason_with_no_probe(tiny_dir, monkeypatch):
 
     capped = engine(tiny_dir, max_input_tokens=24)
     runtime = Runtime.__new__(Runtime)
+    runtime.shadows = {}  # no candidate (tests/test_shadow.py: one that shares the budget)
     runtime.engine = TopicEngines({"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", None)},
                                   NoopEngine(), capped)
     calls = []
@@ -185,6 +186,7 @@ def test_runtime_max_events_for_each_source(llm):
 
     labels = {"billing": "a charge", "delivery": "a parcel", "praise": "thanks"}
     runtime = Runtime.__new__(Runtime)
+    runtime.shadows = {}  # no candidate (tests/test_shadow.py: one that shares the budget)
     runtime.engine = TopicEngines({"tickets": TopicPlan("tickets", LABELS, "encoder", "llm", None),
                                    "notes": TopicPlan("notes", LABELS, "encoder", "encoder", None)},
                                   NoopEngine(), llm)
@@ -238,17 +240,16 @@ def test_livez_tells_a_slow_batch_from_a_stuck_one():
 
     now = time.monotonic()
     state = SimpleNamespace(last_poll=now - 1000, degraded=None)  # a batch running for 1000 s
-    engine = SimpleNamespace(progress_at=now - 2)
     runner = SimpleNamespace(state=state, alive=lambda: True,
-                             runtime=SimpleNamespace(engine=engine, producer=SimpleNamespace(retrying=None)))
+                             runtime=SimpleNamespace(progress_at=now - 2, producer=SimpleNamespace(retrying=None)))
     app = SimpleNamespace(source=runner, conf=SimpleNamespace(
         streams_settings=SimpleNamespace(max_poll_interval_s=300.0)))
     live, body = liveness(app)
     assert live and body["seconds_since_progress"] < 10  # still writing tokens: alive
-    engine.progress_at = now - 400
+    runner.runtime.progress_at = now - 400
     live, body = liveness(app)
     assert not live and body["status"] == "stuck"  # no step for longer than max_poll_interval_s
-    runner.runtime.engine = NoopEngine()  # an engine that reports no progress: as before
+    runner.runtime.progress_at = NoopEngine().progress_at  # an engine that reports no progress: as before
     assert not liveness(app)[0]
     state.last_poll = now
     assert liveness(app)[0]
