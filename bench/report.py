@@ -28,7 +28,9 @@ def encoder(r: dict) -> None:
         console.print("models as run by the engine and the worker (auto): " + "; ".join(r["models"]))
     if "latency" in r:
         lat = r["latency"]
-        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate) for {lat['duration_s']:.0f} s "
+        console.print(f"latency at {lat['rate']:.1f} events/s (half the engine's rate in calls of "
+                      f"{r.get('batch', 32)} texts, {lat.get('engine_events_per_s', float('nan')):.1f}/s) "
+                      f"for {lat['duration_s']:.0f} s "
                       f"after {lat['warmup_s']:.0f} s of warm-up: "
                       f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms "
                       f"({lat['received']}/{lat['sent']} back); batch window {lat['batch_window_ms']:.0f} ms, "
