@@ -16,7 +16,7 @@ from .agreement import agreement
 from .dlq import dead_letter, no_headers
 from .enrich import SourceRecord, enriched_record, redacted_copy
 from .errors import FatalError, RetriableError, describe, sanitize
-from .produce import record_size
+from .produce import OUTPUTS, record_size
 from .records import InRecord, OutRecord
 from .runtime import InferenceFailure, Runtime, Shadow
 from .serde import DecodeError, InputEvent, decode_input
@@ -115,13 +115,11 @@ class _Batch:
         self.more, self.trace, self.emit = more, trace, emit
         self.waiting = len(records) if queued else 0  # this batch's share of the queue depth
         self.live = _Lane(route, runtime.models[route.input], runtime.stamps[route.input], InOrder(records))
-        self.order = self.live.order
         # A replay's route has no candidate (`Settings.without_candidates`): none runs there.
         self.shadow: Shadow | None = runtime.shadows.get(route.input) if route.candidate is not None else None
         self.shadow_lane = None if self.shadow is None else _Lane(
             self.shadow.route, self.shadow.models, self.shadow.stamp, InOrder(records), "shadow")
         self.result = BatchResult(out=[])
-        self.bad = self.live.bad  # (record, reason), for the metrics
         self.tombstone_partitions: list[int] = []
 
     def run(self) -> BatchResult:
@@ -140,10 +138,10 @@ class _Batch:
                 self.run_shadow(decoded)
         finally:
             self.queue(0)  # a batch that failed is retried whole: its events wait no more
-        self.result.dead = len(self.bad)
+        self.result.dead = len(self.live.bad)
         self.runtime.telemetry.metrics.record_batch(
             self.route.input, self.records, tombstone_partitions=self.tombstone_partitions,
-            dead=[(rec.partition, reason) for rec, reason in self.bad],
+            dead=[(rec.partition, reason) for rec, reason in self.live.bad],
             inference_s=self.result.inference_ms / 1000 if decoded else None)
         return self.result
 
@@ -164,7 +162,7 @@ class _Batch:
             event = decode_input(rec.value, rec.topic, catalog, max_text_bytes)
             if event is None:
                 self.tombstone_partitions.append(rec.partition)
-                self.order.settle(i, None)
+                self.live.order.settle(i, None)
                 if self.trace is not None:
                     self.trace.tombstone(i)
             elif isinstance(event, DecodeError):
@@ -256,7 +254,7 @@ class _Batch:
                 outs.append(OutRecord(route.copy_topic, key, copy, headers, "copy", rec))
             large = next((o for o in outs if not producer.fits(o)), None)
             if large is not None:  # sized before producing: librdkafka would refuse it
-                what = "enriched record" if large.kind == "output" else "redacted copy"
+                what = OUTPUTS[large.kind][0]
                 self.dead(i, rec, "output_too_large", f"the {what} would be {record_size(large)} "
                           f"bytes; the producer's limit is {producer.max_message_bytes}", "RecordTooLarge",
                           lane=lane)
@@ -286,7 +284,7 @@ class _Batch:
 
     def release(self) -> None:
         """What can leave now (`InOrder.release`): emitted, and kept in the result."""
-        ready = self.order.release()
+        ready = self.live.order.release()
         if self.shadow_lane is not None:
             ready += self.shadow_lane.order.release()
         if self.emit is not None and ready:

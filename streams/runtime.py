@@ -122,8 +122,8 @@ class Runtime:
         runtime = cls(settings, engine, catalog, producer, telemetry=telemetry, engine_factory=factory,
                       candidates=candidates)
         runtime.telemetry.record_model_load(engine.load_seconds, engine.models, engine.device)
-        stamps = [(t, s) for t, s in runtime.stamps.items()] + \
-            [(f"{s.route.output} (candidate of {t})", s.stamp) for t, s in runtime.shadows.items()]
+        stamps = [*runtime.stamps.items(),
+                  *((f"{s.route.output} (candidate of {t})", s.stamp) for t, s in runtime.shadows.items())]
         for what, stamp in stamps:  # digests only: no event text, no secret
             log.info("records of %s are stamped %s", what,
                      " ".join(f"{k}={v}" for k, v in stamp.items() if v is not None) or "(nothing)")

@@ -16,12 +16,13 @@ from pydantic import ValidationError
 from streams.engine import Classification, Inference, NoopEngine
 from streams.engine.types import Entity
 from streams.pipeline import enrich_records
-from streams.records import InRecord, OutRecord
+from streams.records import InRecord
 from streams.redact import Pseudonymizer, RedactionPolicy, Redactor, normalise, plan
 from streams.runtime import Runtime, deliver
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
+from tests.fixtures.producers import RefusingProducer
 
 KEY = "k" * 8 + "SECRET-redaction-key-0123456789"
 OTHER_KEY = "another-secret-key-of-enough-bytes"
@@ -197,31 +198,12 @@ class FindingEngine(NoopEngine):
         return out
 
 
-class Collect:
-    max_message_bytes = 1_000_000
-    retrying = None
-
-    def __init__(self):
-        self.sent: list[OutRecord] = []
-
-    def fits(self, record) -> bool:
-        return True
-
-    def send(self, records):
-        self.sent.extend(records)
-
-    def deliver(self, records, timeout=None, *, sent=False):
-        if not sent:
-            self.sent.extend(records)
-        return [(r, "MSG_SIZE_TOO_LARGE: refused") for r in records if r.kind == "copy"]
-
-
 def _runtime(policy: dict, key: str | None = KEY) -> Runtime:
     settings = Settings(topics=[{"input": "t.in", "labels": {"billing": "money"}, "redact": policy}],
                         redaction_key=key, worker_id="w1")
     catalog = SchemaCatalog(f"mock://redact-{uuid.uuid4().hex}", settings.schema_dir, ["t.in"], ["t.in.enriched"],
                             copy_topics=[r.copy_topic for r in settings.topics if r.copy_topic])
-    runtime = Runtime(settings, FindingEngine(), catalog, Collect(), telemetry=Telemetry.disabled())
+    runtime = Runtime(settings, FindingEngine(), catalog, RefusingProducer("copy"), telemetry=Telemetry.disabled())
     runtime.engine.runs_models = False
     return runtime
 

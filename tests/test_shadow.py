@@ -15,11 +15,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from streams.engine import Classification, Entity, Inference, ModelInfo, NoopEngine
 from streams.errors import RetriableError
 from streams.pipeline import enrich_records
-from streams.records import InRecord, OutRecord
+from streams.records import InRecord
 from streams.runtime import Runtime, deliver
 from streams.serde import SchemaCatalog
 from streams.settings import Settings
 from streams.telemetry import Telemetry
+from tests.fixtures.producers import RefusingProducer
 
 TOPIC = "t.in"
 LABELS = {"billing": "money", "delivery": "a parcel"}
@@ -57,32 +58,12 @@ class Other(NoopEngine):
         return out
 
 
-class Collect:
-    max_message_bytes = 1_000_000
-    retrying = None
-
-    def __init__(self, refuse: str | None = None):
-        self.sent: list[OutRecord] = []
-        self.refuse = refuse  # a kind of record the broker refuses
-
-    def fits(self, record) -> bool:
-        return True
-
-    def send(self, records):
-        self.sent.extend(records)
-
-    def deliver(self, records, timeout=None, *, sent=False):
-        if not sent:
-            self.sent.extend(records)
-        return [(r, "MSG_SIZE_TOO_LARGE: refused") for r in records if r.kind == self.refuse]
-
-
 def _runtime(share: float = 100, candidate_engine=None, producer=None, telemetry=None, **candidate) -> Runtime:
     settings = Settings(topics=[{"input": TOPIC, "labels": LABELS,
                                  "candidate": {"name": "next", "share": share, **candidate}}], worker_id="w1",
                         schema_registry_url=f"mock://shadow-{uuid.uuid4().hex}")
     catalog = SchemaCatalog.from_settings(settings)  # the shadow output's subject among the outputs
-    runtime = Runtime(settings, Primary(), catalog, producer or Collect(),
+    runtime = Runtime(settings, Primary(), catalog, producer or RefusingProducer(),
                       telemetry=telemetry or Telemetry.disabled(),
                       candidates={TOPIC: candidate_engine or Other()})
     return runtime
@@ -177,7 +158,7 @@ def test_a_broken_candidate_dead_letters_its_share_and_the_live_path_goes_on():
 
 
 def test_a_shadow_record_the_broker_refuses_is_dead_lettered_to_the_shadow_dlq():
-    producer = Collect(refuse="shadow")
+    producer = RefusingProducer("shadow")
     runtime = _runtime(producer=producer)
     result = enrich_records(runtime, runtime.settings.route(TOPIC), _records(2))
     deliver(runtime, result.out)
