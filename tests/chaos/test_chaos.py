@@ -8,8 +8,8 @@ pytestmark = pytest.mark.integration
 
 
 # The Faust agent's run is shorter still (make test stays under 30 minutes); `make chaos` runs
-# both sources at full size. Both send 400 events for SIGTERM: with 200 (four batches) the agent
-# could finish its last batch before the SIGTERM came (once in a `make test` run).
+# both sources at full size. Both send 640 events (ten batches of 64) for SIGTERM, enough for up
+# to three stops, each timed into a batch measured on this machine (runner.sigterm_mid_batch).
 SIZES = {"librdkafka": dict(events=3000, poison_events=1000, freeze_s=20.0),
          "faust": dict(events=1500, poison_events=500, freeze_s=10.0)}
 
