@@ -17,6 +17,7 @@ from streams.settings import SUPPORT_TICKET_LABELS, Settings
 from tests.fixtures.kafka_io import Scenario, WorkerProcess, collect, produce
 from tests.helm.observability import CANDIDATE_ROW, metric_names, row_panels
 from tests.integration.test_compare import _cli
+from tests.integration.test_dependencies import committed
 
 pytestmark = [pytest.mark.integration, pytest.mark.models]
 
@@ -48,7 +49,7 @@ def shadowed(broker, tiny_models, tmp_path_factory):
     finally:
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
-    return scenario, events, live, shadow, worker.log(), metrics
+    return scenario, events, live, shadow, worker.log(), metrics, committed(settings, scenario.input)
 
 
 class _Topics:
@@ -59,7 +60,7 @@ class _Topics:
 
 
 def test_every_event_has_its_live_record_and_its_candidates_outcome(shadowed):
-    scenario, events, live, shadow, log, _ = shadowed
+    scenario, events, live, shadow, log, _, _ = shadowed
     ids = {k.decode() for k, _ in events}
     assert live.enriched_ids == ids and not live.dead  # every live record, the long text's too
     dead = {k.decode(): h["__streams.errors.reason"].decode() for k, _, h in shadow.dead}
@@ -78,8 +79,16 @@ def test_every_event_has_its_live_record_and_its_candidates_outcome(shadowed):
     assert "records of " + f"{scenario.output}.shadow" in log and "candidate=llm-labels" in log
 
 
+def test_the_group_committed_past_every_event_the_candidate_failed(shadowed):
+    """A candidate's dead letter is an outcome like any other: the input offsets of the fresh
+    topic were all committed when the worker stopped, the long text's included."""
+    scenario, events, _, shadow, _, _, offsets = shadowed
+    assert "too-long" in {k.decode() for k, _, _ in shadow.dead}
+    assert sum(max(0, offset) for offset in offsets.values()) == len(events), offsets  # none: -1001
+
+
 def test_compare_reads_the_live_and_the_shadow_topic(shadowed, tmp_path):
-    scenario, events, live, shadow, _, _ = shadowed
+    scenario, events, live, shadow, _, _, _ = shadowed
     out = tmp_path / "compare.json"
     run = _cli(scenario, "compare", scenario.output, f"{scenario.output}.shadow", "--json", str(out))
     assert run.returncode == 0, run.stderr + run.stdout
@@ -93,7 +102,7 @@ def test_compare_reads_the_live_and_the_shadow_topic(shadowed, tmp_path):
 
 
 def test_a_replay_with_another_label_set_compares_the_same_way(shadowed):
-    scenario, events, live, _, _, _ = shadowed
+    scenario, events, live, _, _, _, _ = shadowed
     relabelled = {**SUPPORT_TICKET_LABELS}
     relabelled["shipping"] = relabelled.pop("delivery")
     replayed = f"{scenario.name}.relabelled"
@@ -116,7 +125,7 @@ def _labels(live, shadow):
 
 
 def test_the_dashboards_candidate_row_reads_what_the_worker_exports(shadowed):
-    scenario, events, live, shadow, _, metrics = shadowed
+    scenario, events, live, shadow, _, metrics, _ = shadowed
     families = metric_names({line.split("{")[0].split(" ")[0] for line in metrics.splitlines()
                              if line and not line.startswith("#")})
     used = metric_names([t["expr"] for p in row_panels(CANDIDATE_ROW) for t in p.get("targets", [])])
