@@ -116,6 +116,9 @@ def _batch_lines(worker: WorkerProcess) -> int:
     return sum(1 for m in _messages(worker) if m.startswith("batch "))
 
 
+BETWEEN_BATCHES = "no batch finished after the stop request: the SIGTERM landed between batches"
+
+
 def landed_mid_batch(messages: list[str]) -> str | None:
     """None when the log shows the stop request, then a batch finishing (its line is written
     after enrichment, before delivery and commit), then the loop stopping, with no failed
@@ -126,7 +129,7 @@ def landed_mid_batch(messages: list[str]) -> str | None:
     after = messages[stop + 1:]
     batch = next((i for i, m in enumerate(after) if m.startswith("batch ")), None)
     if batch is None:
-        return "no batch finished after the stop request: the SIGTERM landed between batches"
+        return BETWEEN_BATCHES
     if any(m.startswith("commit failed") for m in after):
         return "the batch in flight was not committed"
     if not any(m.startswith(("worker loop stopped", "agent stopped")) for m in after[batch + 1:]):
@@ -243,12 +246,11 @@ def poison_tenth(ctx, n: int, rng: random.Random) -> Outcome:
                    f"{len(poison_keys)} poison, each with a reason header", failures)
 
 
-def _stop_mid_batch(worker: WorkerProcess, grace_s: float, rng: random.Random) -> tuple[int | None, float, str | None]:
-    """Wait for two batch lines, then send SIGTERM 20-50 % into the next batch's interval (the
-    last interval measured: enrichment plus delivery, commit and take on this machine). The
-    worker's exit status, how long it took, and what its log lacks (None: it finished the batch
-    in flight and stopped)."""
-    marks = []
+def _wait_into_a_batch(worker: WorkerProcess, rng: random.Random) -> None:
+    """Wait for two batch lines, then 20-50 % of the interval between them (enrichment plus
+    delivery, commit and take, as measured on this machine): a SIGTERM now lands inside the
+    next batch."""
+    marks: list[float] = []
     deadline = time.monotonic() + 60
     seen = _batch_lines(worker)
     while len(marks) < 2 and worker.proc.poll() is None and time.monotonic() < deadline:
@@ -259,11 +261,6 @@ def _stop_mid_batch(worker: WorkerProcess, grace_s: float, rng: random.Random) -
         time.sleep(0.01)
     interval = marks[1] - marks[0] if len(marks) == 2 else 1.0
     time.sleep(rng.uniform(0.2, 0.5) * interval)
-    if worker.proc.poll() is not None:
-        return worker.proc.returncode, 0.0, "the worker exited on its own before the SIGTERM"
-    t0 = time.monotonic()
-    code = worker.stop(timeout=grace_s + 30)
-    return code, time.monotonic() - t0, landed_mid_batch(_messages(worker))
 
 
 def sigterm_mid_batch(ctx, n: int, grace_s: float, rng: random.Random, tries: int = 3) -> Outcome:
@@ -284,11 +281,15 @@ def sigterm_mid_batch(ctx, n: int, grace_s: float, rng: random.Random, tries: in
     landed = False
     for attempt in range(1, tries + 1):
         worker = WorkerProcess(sc, f"term-{attempt}").start()
-        code, took, problem = _stop_mid_batch(worker, grace_s, rng)
-        stops.append(f"exit {code} after {took:.1f}s")
-        if problem and "on its own" in problem:
-            failures.append(f"stop {attempt}: {problem} (status {code}); see {worker.log_path}")
+        _wait_into_a_batch(worker, rng)
+        _exited(worker, f"term-{attempt} (before SIGTERM)", failures)
+        if failures:
             break
+        t0 = time.monotonic()
+        code = worker.stop(timeout=grace_s + 30)
+        took = time.monotonic() - t0
+        problem = landed_mid_batch(_messages(worker))
+        stops.append(f"exit {code} after {took:.1f}s")
         if code != 0 or took > grace_s:
             failures.append(f"stop {attempt}: exit {code} after {took:.1f}s (grace {grace_s:.0f}s); "
                             f"see {worker.log_path}")
@@ -296,7 +297,7 @@ def sigterm_mid_batch(ctx, n: int, grace_s: float, rng: random.Random, tries: in
         if problem is None:
             landed = True
             break
-        if "between batches" not in problem:
+        if problem != BETWEEN_BATCHES:
             failures.append(f"stop {attempt}: {problem}; see {worker.log_path}")
             break
     if not failures and not landed:
