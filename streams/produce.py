@@ -14,8 +14,8 @@ deliveries are sorted by `streams.errors.classify_delivery`:
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections import deque
 from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -47,8 +47,12 @@ class AckingProducer:
         self._config = config | {"acks": "all", "enable.idempotence": True, "linger.ms": 5,
                                  "message.max.bytes": max_message_bytes} | PARTITIONER
         self._producer = Producer(self._config)
-        self._failed: list[tuple[OutRecord, KafkaError]] = []
-        self._lock = threading.Lock()
+        # Failed deliveries, appended by librdkafka's callbacks and drained by `deliver`. A deque,
+        # not a list under a lock: after a fatal error confluent-kafka runs the delivery callbacks
+        # with its exception already set, so the first C call in a callback raises; a lock
+        # acquired there is never released (the next callback waited on it for ever), where
+        # deque.append has done its work before the error surfaces.
+        self._failed: deque[tuple[OutRecord, KafkaError]] = deque()
         self.retrying: str | None = None  # why deliveries are being retried right now
 
     def fits(self, record: OutRecord) -> bool:
@@ -57,8 +61,7 @@ class AckingProducer:
     def _produce(self, record: OutRecord) -> None:
         def delivered(err, _msg, record=record) -> None:  # the record itself, headers and all
             if err is not None:
-                with self._lock:
-                    self._failed.append((record, err))
+                self._failed.append((record, err))
 
         while True:
             try:
@@ -68,8 +71,7 @@ class AckingProducer:
             except BufferError:  # local queue full: let deliveries drain (backpressure)
                 self._producer.poll(0.05)
             except KafkaException as exc:  # refused before it left: sorted like a delivery error
-                with self._lock:
-                    self._failed.append((record, exc.args[0]))
+                self._failed.append((record, exc.args[0]))
                 return
 
     def send(self, records: list[OutRecord]) -> None:
@@ -104,11 +106,10 @@ class AckingProducer:
                     for record in records:
                         self._produce(record)
                 sent = False  # retries and suspects are produced here
-                while self._producer.flush(1.0) > 0:
+                while self._flush() > 0:
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"records not acknowledged within {timeout:.0f}s")
-                with self._lock:
-                    failed, self._failed = self._failed, []
+                failed = self._drain()
                 records = []
                 lost = next((err for _, err in failed if producer_state_lost(err)), None)
                 if lost is not None:
@@ -143,6 +144,29 @@ class AckingProducer:
             self.retrying = None
         return rejected
 
+    def _flush(self) -> int:
+        """librdkafka's flush for up to a second: the records still unacknowledged. A fatal
+        error (the idempotent producer lost its sequence) surfaces as an exception raised out
+        of the delivery callbacks, which have recorded their reports all the same: those say
+        what to do (`producer_state_lost`: a new producer)."""
+        try:
+            return self._producer.flush(1.0)
+        except (KafkaException, SystemError) as exc:
+            cause = exc.__cause__ if isinstance(exc, SystemError) else exc
+            log.warning("the producer raised through its delivery callbacks: %s",
+                        sanitize(str(cause or exc)))
+            return 1
+
+    def _drain(self) -> list[tuple[OutRecord, KafkaError]]:
+        """The failed deliveries recorded so far, taken out (safe against callbacks on other
+        threads: each popleft is atomic)."""
+        failed = []
+        while True:
+            try:
+                failed.append(self._failed.popleft())
+            except IndexError:
+                return failed
+
     def _renew(self, failed: list[tuple[OutRecord, KafkaError]], why: KafkaError) -> list[tuple[OutRecord, KafkaError]]:
         """Replace a producer whose idempotence state is lost by a new one (a new producer id);
         every record the old one still held comes back as failed, to be sent again."""
@@ -151,8 +175,7 @@ class AckingProducer:
         old = self._producer
         old.purge()
         old.flush(5.0)
-        with self._lock:
-            failed, self._failed = failed + self._failed, []
+        failed = failed + self._drain()
         self._producer = Producer(self._config)
         seen: set[int] = set()
         return [(r, e) for r, e in failed if id(r) not in seen and not seen.add(id(r))]

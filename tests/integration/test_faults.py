@@ -7,6 +7,9 @@ with the error a real broker would give:
   `output_rejected`, the neighbours that shared its produce batch are enriched;
 - the DLQ topic refuses a dead letter that carries the original bytes (MESSAGE_TOO_LARGE): it is
   re-sent bare, saying what it omitted;
+- the output topic answers a batch with OUT_OF_ORDER_SEQUENCE_NUMBER, a fatal error of the
+  idempotent producer: the worker renews its producer and sends the batch again; nothing is
+  lost, nothing dead-lettered (it had hung until the delivery timeout, 300 s);
 - the output topic refuses the worker (TOPIC_AUTHORIZATION_FAILED): the worker exits 78 without
   committing; restarted once writes are allowed, it enriches every event.
 
@@ -24,7 +27,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.kafka import consumer, ensure_topics
 from streams.source.base import EXIT_FATAL
-from tests.fixtures.fault_proxy import INVALID_RECORD, MESSAGE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, FaultyBroker
+from tests.fixtures.fault_proxy import (INVALID_RECORD, MESSAGE_TOO_LARGE, OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                       TOPIC_AUTHORIZATION_FAILED, FaultyBroker)
 from tests.fixtures.kafka_io import Collected, Scenario, WorkerProcess, collect, json_events, produce_recorded
 
 pytestmark = pytest.mark.integration
@@ -160,6 +164,29 @@ def test_a_dead_letter_refused_as_too_large_is_resent_bare(faulty, scenario):
     assert headers[ERR + "omitted"] == b"value,headers"
     assert (headers[ERR + "topic"], headers[ERR + "partition"], headers[ERR + "offset"]) == \
         (scenario.input.encode(), b"0", b"5")
+    assert offset == end, f"committed {offset}, end {end}"
+    assert exit_code == 0, tail
+
+
+def test_a_producer_that_lost_its_sequence_is_renewed_and_nothing_is_lost(faulty, scenario):
+    events = json_events(30)
+    faulty.proxy.refuse(scenario.output, OUT_OF_ORDER_SEQUENCE_NUMBER, times=1)
+    end = write(scenario, events)
+    want = {k.decode() for k, _ in events}
+    worker = WorkerProcess(scenario).start()
+    try:
+        got = run_until(scenario, worker, lambda got: want <= got.enriched_ids, timeout=60)
+        offset = wait_committed(scenario, end, worker)
+        alive = worker.proc.poll() is None
+    finally:
+        exit_code = worker.stop()
+        faulty.proxy.allow(scenario.output)
+    tail = worker.log()[-3000:]
+    assert faulty.proxy.refused(scenario.output) == 1, "the proxy never answered the batch"
+    assert alive, f"the worker died:\n{tail}"
+    assert want <= got.enriched_ids, f"not enriched: {sorted(want - got.enriched_ids)}\n{tail}"
+    assert not got.dead, [h.get(ERR + "reason") for _, _, h in got.dead]
+    assert "lost its idempotence state" in worker.log()
     assert offset == end, f"committed {offset}, end {end}"
     assert exit_code == 0, tail
 
